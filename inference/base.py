@@ -1,0 +1,89 @@
+"""The one interface every inference backend implements."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Role
+    content: str
+
+
+class SamplingOptions(BaseModel):
+    """Sampling parameters shared by every backend; unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    top_k: int = Field(40, ge=0, le=1000)
+    repeat_penalty: float = Field(1.1, ge=0.0, le=2.0)
+    max_tokens: int = Field(512, ge=1, le=32768)
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model lives and how to load it.
+
+    ``target`` is a GGUF path for llama.cpp or a model name for Ollama. ``settings`` holds
+    backend-specific load settings, validated by the backend itself.
+    """
+
+    backend: str
+    target: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    model: ModelSpec
+    messages: tuple[ChatMessage, ...]
+    options: SamplingOptions = field(default_factory=SamplingOptions)
+
+
+@dataclass(frozen=True)
+class TextChunk:
+    text: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Finished:
+    """Last item of every stream. ``reason`` is "stop" (natural end) or "length"."""
+
+    reason: str
+    usage: Usage
+
+
+StreamItem = TextChunk | Finished
+
+
+class BackendError(Exception):
+    """A failure the user should read: the message is shown in the answer as it is."""
+
+
+class Backend(Protocol):
+    name: str
+
+    def stream(self, request: GenerationRequest) -> Iterator[StreamItem]:
+        """Yield text chunks, then one Finished.
+
+        Must be a generator: closing it early (``.close()``) must stop generation and
+        release the upstream connection. Raises :class:`BackendError` for failures.
+        """
+        ...

@@ -1,0 +1,206 @@
+"""Ollama backend: streams chat completions from an Ollama server over its HTTP API."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import ollama
+import pydantic
+
+from inference.base import (
+    BackendError,
+    Finished,
+    GenerationRequest,
+    SamplingOptions,
+    StreamItem,
+    TextChunk,
+    Usage,
+)
+
+# Connecting must fail fast so a stopped or unreachable server is reported within 5 s; reading
+# may legitimately take long (a cold model load on a busy server), so it has its own limit.
+CONNECT_TIMEOUT_S = 4.0
+DEFAULT_READ_TIMEOUT_S = 300.0
+
+# Settings an Ollama model may carry in ``ModelSpec.settings``. Unknown keys are an error, like
+# unknown sampling options, so a typo does not silently do nothing.
+_SETTINGS = ("host", "timeout", "num_ctx", "n_ctx", "keep_alive")
+
+# What the client and httpx raise for a server that is down, slow, or not speaking Ollama's API.
+# Anything else is a bug and propagates as it is.
+_TRANSPORT_ERRORS = (
+    httpx.HTTPError,
+    ConnectionError,
+    json.JSONDecodeError,
+    pydantic.ValidationError,
+    ollama.RequestError,
+)
+
+
+class OllamaBackend:
+    """Talks to an Ollama server; keeps no state, so one instance serves every request."""
+
+    name = "ollama"
+
+    def stream(self, request: GenerationRequest) -> Iterator[StreamItem]:
+        settings = _validate_settings(request.model.settings)
+        model = request.model.target
+        if not model:
+            raise BackendError("Ollama model name is empty")
+        client = _make_client(settings.get("host"), settings.get("timeout"))
+        where = _base_url(client, settings.get("host"))
+        options = _options(request.options, settings)
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        chat_kwargs: dict[str, Any] = {}
+        if "keep_alive" in settings:
+            chat_kwargs["keep_alive"] = settings["keep_alive"]
+        try:
+            parts = client.chat(
+                model=model, messages=messages, stream=True, options=options, **chat_kwargs
+            )
+            try:
+                for part in parts:
+                    content = part.message.content if part.message else None
+                    if content:
+                        yield TextChunk(content)
+                    if part.done:
+                        yield Finished(
+                            reason=_reason(part.done_reason),
+                            usage=Usage(
+                                prompt_tokens=part.prompt_eval_count or 0,
+                                completion_tokens=part.eval_count or 0,
+                            ),
+                        )
+                        return
+            finally:
+                # The client's stream is a generator wrapping ``httpx.Client.stream(...)``;
+                # closing it exits that context manager, which closes the HTTP response and so
+                # the connection: Ollama sees the disconnect and stops generating. Without this
+                # the close would depend on garbage collection.
+                parts.close()
+            raise BackendError(f"Ollama error: the stream from {where} ended before the answer did")
+        except ollama.ResponseError as exc:
+            if exc.status_code == 404:
+                raise BackendError(
+                    f"Ollama model {model!r} is not available on {where}: {exc.error}"
+                ) from exc
+            raise BackendError(f"Ollama error: {exc.error}") from exc
+        except _TRANSPORT_ERRORS as exc:
+            raise _transport_error(exc, where, settings.get("timeout")) from exc
+        finally:
+            client.close()
+
+
+def list_models(host: str | None) -> list[dict[str, Any]]:
+    """Models installed on the Ollama server at ``host`` (None: the client's OLLAMA_HOST rule)."""
+    client = _make_client(host or None, None)
+    where = _base_url(client, host)
+    try:
+        listing = client.list()
+    except ollama.ResponseError as exc:
+        raise BackendError(f"Ollama error: {exc.error}") from exc
+    except _TRANSPORT_ERRORS as exc:
+        raise _transport_error(exc, where, None) from exc
+    finally:
+        client.close()
+    models = []
+    for item in listing.models:
+        details = item.details
+        models.append(
+            {
+                # The client (>= 0.4) exposes the tag as ``model``; /api/tags sends it as both
+                # ``name`` and ``model``.
+                "name": item.model,
+                "size": int(item.size) if item.size is not None else None,
+                "family": details.family if details else None,
+                "parameter_size": details.parameter_size if details else None,
+                "quantization_level": details.quantization_level if details else None,
+            }
+        )
+    return models
+
+
+def _validate_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(settings) - set(_SETTINGS))
+    if unknown:
+        raise BackendError(
+            f"unknown Ollama setting(s) {', '.join(unknown)}; allowed: {', '.join(_SETTINGS)}"
+        )
+    host = settings.get("host")
+    if host is not None and not isinstance(host, str):
+        raise BackendError(f"Ollama setting 'host' must be a string, got {host!r}")
+    timeout = settings.get("timeout")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+    ):
+        raise BackendError(f"Ollama setting 'timeout' must be a positive number, got {timeout!r}")
+    for key in ("num_ctx", "n_ctx"):
+        value = settings.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise BackendError(f"Ollama setting {key!r} must be an integer, got {value!r}")
+    return settings
+
+
+def _make_client(host: str | None, timeout: float | None) -> ollama.Client:
+    # host=None lets the client apply its own OLLAMA_HOST convention (and default port 11434).
+    limits = httpx.Timeout(timeout or DEFAULT_READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
+    return ollama.Client(host=host or None, timeout=limits)
+
+
+def _base_url(client: ollama.Client, host: str | None) -> str:
+    # The client resolves host/OLLAMA_HOST itself; read the result back for error messages
+    # (private attribute, so fall back to what we were given).
+    base = getattr(getattr(client, "_client", None), "base_url", None)
+    return str(base).rstrip("/") if base is not None else (host or "the default Ollama host")
+
+
+def _options(options: SamplingOptions, settings: dict[str, Any]) -> dict[str, Any]:
+    mapped: dict[str, Any] = {
+        "temperature": options.temperature,
+        "top_p": options.top_p,
+        "top_k": options.top_k,
+        "repeat_penalty": options.repeat_penalty,
+        "num_predict": options.max_tokens,
+    }
+    if options.seed is not None:
+        mapped["seed"] = options.seed
+    if options.stop:
+        mapped["stop"] = list(options.stop)
+    num_ctx = settings.get("num_ctx", settings.get("n_ctx"))
+    if num_ctx is not None:
+        mapped["num_ctx"] = num_ctx
+    return mapped
+
+
+def _reason(done_reason: str | None) -> str:
+    # Ollama says "length" when num_predict (or the context) cut the answer; anything else
+    # ("stop", or none from old servers) is a natural end.
+    return "length" if done_reason == "length" else "stop"
+
+
+def _transport_error(exc: BaseException, where: str, timeout: float | None) -> BackendError:
+    """Turn a client/transport exception into a message a user can act on."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return BackendError(
+            f"Ollama server at {where} is unreachable: no connection within {CONNECT_TIMEOUT_S:g} s"
+        )
+    if isinstance(exc, httpx.ConnectError):
+        return BackendError(f"Ollama server at {where} is unreachable: {exc}")
+    if isinstance(exc, ConnectionError):
+        # ollama >= 0.4.5 replaces httpx.ConnectError with a generic ConnectionError
+        # ("Failed to connect to Ollama...") but keeps the original as the context.
+        reason = exc.__context__ if isinstance(exc.__context__, httpx.HTTPError) else exc
+        return BackendError(f"Ollama server at {where} is unreachable: {reason}")
+    if isinstance(exc, httpx.TimeoutException):
+        limit = timeout or DEFAULT_READ_TIMEOUT_S
+        return BackendError(f"Ollama error: no response from {where} within {limit:g} s")
+    if isinstance(exc, httpx.HTTPError):
+        return BackendError(f"Ollama error: connection to {where} failed: {exc}")
+    if isinstance(exc, json.JSONDecodeError | pydantic.ValidationError):
+        return BackendError(f"Ollama error: {where} sent a response that is not Ollama's API")
+    if isinstance(exc, ollama.RequestError):
+        return BackendError(f"Ollama error: {exc.error}")
+    return BackendError(f"Ollama error: {exc}")

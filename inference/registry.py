@@ -1,0 +1,28 @@
+"""Backend registry: names map to modules imported on first use (llama_cpp is heavy)."""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+
+from inference.base import Backend, BackendError
+
+_BACKENDS: dict[str, str] = {
+    "llama_cpp": "inference.llama_cpp:LlamaCppBackend",
+    "ollama": "inference.ollama:OllamaBackend",
+}
+
+
+def available_backends() -> list[str]:
+    return sorted(_BACKENDS)
+
+
+@cache
+def get_backend(name: str) -> Backend:
+    """Return the process-wide backend instance for ``name`` (it keeps loaded models)."""
+    try:
+        module_name, _, class_name = _BACKENDS[name].partition(":")
+    except KeyError:
+        raise BackendError(f"unknown backend {name!r}") from None
+    module = importlib.import_module(module_name)
+    return getattr(module, class_name)()

@@ -1,0 +1,235 @@
+// Corral chat page: renders messages, streams answers over one websocket per conversation.
+// The server's database is the truth: on connect, and whenever a delta does not line up
+// with what we have, we ask for a snapshot and redraw from it.
+"use strict";
+
+(function () {
+  const root = document.getElementById("chat");
+  const list = document.getElementById("messages");
+  const form = document.getElementById("composer");
+  const input = document.getElementById("message-input");
+  const modelSelect = document.getElementById("model-select");
+  const sendButton = document.getElementById("send-button");
+  const stopButton = document.getElementById("stop-button");
+  const errorBox = document.getElementById("composer-error");
+  const connection = document.getElementById("connection");
+  const conversationId = root.dataset.conversationId;
+
+  const messages = new Map(); // id -> message payload (content, seq, status, ...)
+  const ACTIVE = new Set(["queued", "running"]);
+  const STATUS_TEXT = {
+    queued: "Queued…",
+    running: "Generating…",
+    stopped: "Stopped",
+    failed: "Failed",
+  };
+
+  let socket = null;
+  let retryDelay = 500;
+  let resyncPending = false;
+  const dirty = new Set();
+  let frameRequested = false;
+
+  function showError(text) {
+    errorBox.textContent = text;
+    errorBox.hidden = !text;
+  }
+
+  function renderMarkdown(target, text) {
+    // Model output is untrusted: markdown to HTML, then DOMPurify, never raw HTML.
+    if (window.marked && window.DOMPurify) {
+      const html = window.marked.parse(text, { gfm: true, breaks: false });
+      target.innerHTML = window.DOMPurify.sanitize(html, { USE_PROFILES: { html: true } });
+    } else {
+      target.textContent = text;
+    }
+  }
+
+  function figures(m) {
+    const parts = [];
+    if (m.model) parts.push(m.model);
+    if (m.completion_tokens != null) parts.push(`${m.completion_tokens} tokens`);
+    if (m.tokens_per_second != null) parts.push(`${m.tokens_per_second.toFixed(1)} tok/s`);
+    if (m.time_to_first_token_ms != null) parts.push(`TTFT ${m.time_to_first_token_ms} ms`);
+    return parts.join(" · ");
+  }
+
+  function elementFor(m) {
+    let el = list.querySelector(`[data-message-id="${m.id}"]`);
+    if (!el) {
+      el = document.createElement("article");
+      el.className = "message";
+      el.dataset.messageId = String(m.id);
+      el.dataset.role = m.role;
+      const body = document.createElement("div");
+      body.className = "content";
+      const status = document.createElement("p");
+      status.className = "status";
+      const error = document.createElement("p");
+      error.className = "message-error";
+      const meta = document.createElement("p");
+      meta.className = "meta";
+      el.append(body, status, error, meta);
+      list.append(el);
+      const empty = list.querySelector(".empty");
+      if (empty) empty.remove();
+    }
+    return el;
+  }
+
+  function draw(m) {
+    const el = elementFor(m);
+    const body = el.querySelector(".content");
+    if (m.role === "assistant") renderMarkdown(body, m.content);
+    else body.textContent = m.content;
+    const active = ACTIVE.has(m.status);
+    if (active) el.setAttribute("aria-busy", "true");
+    else el.removeAttribute("aria-busy");
+    el.dataset.status = m.status;
+    el.querySelector(".status").textContent = m.role === "assistant" ? STATUS_TEXT[m.status] || "" : "";
+    el.querySelector(".message-error").textContent = m.error || "";
+    el.querySelector(".meta").textContent = m.role === "assistant" && !active ? figures(m) : "";
+  }
+
+  function scheduleDraw(id) {
+    dirty.add(id);
+    if (frameRequested) return;
+    frameRequested = true;
+    requestAnimationFrame(() => {
+      frameRequested = false;
+      const nearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+      for (const dirtyId of dirty) {
+        const m = messages.get(dirtyId);
+        if (m) draw(m);
+      }
+      dirty.clear();
+      if (nearBottom) list.scrollTop = list.scrollHeight;
+      updateControls();
+    });
+  }
+
+  function updateControls() {
+    let active = false;
+    for (const m of messages.values()) if (ACTIVE.has(m.status)) active = true;
+    stopButton.disabled = !active;
+  }
+
+  function applySnapshot(snapshot) {
+    const seen = new Set();
+    for (const m of snapshot.messages) {
+      const known = messages.get(m.id);
+      // Keep text we already streamed past the snapshot's checkpoint.
+      if (known && ACTIVE.has(m.status) && known.seq > m.seq && known.content.startsWith(m.content)) {
+        m.content = known.content;
+        m.seq = known.seq;
+      }
+      messages.set(m.id, m);
+      seen.add(m.id);
+      scheduleDraw(m.id);
+    }
+    for (const id of [...messages.keys()]) {
+      if (!seen.has(id)) {
+        messages.delete(id);
+        const el = list.querySelector(`[data-message-id="${id}"]`);
+        if (el) el.remove();
+      }
+    }
+    if (snapshot.conversation) document.getElementById("title").textContent = snapshot.conversation.title;
+  }
+
+  function applyDelta(d) {
+    const m = messages.get(d.message);
+    if (!m) return resync();
+    if (d.seq <= m.seq) return; // already have it
+    if (d.offset !== m.content.length || d.seq !== m.seq + 1) return resync();
+    m.content += d.text;
+    m.seq = d.seq;
+    if (m.status === "queued") m.status = "running";
+    scheduleDraw(m.id);
+  }
+
+  function applyState(m) {
+    const known = messages.get(m.id);
+    if (known && ACTIVE.has(m.status) && known.seq > m.seq) {
+      m.content = known.content;
+      m.seq = known.seq;
+    }
+    messages.set(m.id, m);
+    scheduleDraw(m.id);
+  }
+
+  function resync() {
+    if (resyncPending || !socket || socket.readyState !== WebSocket.OPEN) return;
+    resyncPending = true;
+    socket.send(JSON.stringify({ type: "sync" }));
+  }
+
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    socket = new WebSocket(`${scheme}://${location.host}/ws/conversations/${conversationId}/`);
+    socket.addEventListener("open", () => {
+      retryDelay = 500;
+      connection.textContent = "";
+      root.dataset.connected = "true";
+    });
+    socket.addEventListener("message", (event) => {
+      const data = JSON.parse(event.data);
+      if (data.type === "snapshot") {
+        resyncPending = false;
+        applySnapshot(data);
+      } else if (data.type === "delta") applyDelta(data);
+      else if (data.type === "message") applyState(data.message);
+      else if (data.type === "error") {
+        showError(data.message);
+        if (data.text && !input.value) input.value = data.text;
+      }
+    });
+    socket.addEventListener("close", (event) => {
+      root.dataset.connected = "false";
+      if (event.code === 4401 || event.code === 4404) {
+        connection.textContent = "This conversation is not available.";
+        return;
+      }
+      connection.textContent = "Reconnecting…";
+      setTimeout(connect, retryDelay);
+      retryDelay = Math.min(retryDelay * 2, 5000);
+    });
+  }
+
+  form.addEventListener("submit", (event) => {
+    showError("");
+    const text = input.value;
+    if (!text.trim()) {
+      event.preventDefault();
+      showError("Type a message before sending.");
+      return;
+    }
+    if (!conversationId) return; // a new chat is a normal form post that creates it
+    event.preventDefault();
+    if (!socket || socket.readyState !== WebSocket.OPEN) {
+      showError("Not connected yet; your message is still in the box.");
+      return;
+    }
+    socket.send(JSON.stringify({ type: "send", text, model: modelSelect.value || null }));
+    input.value = "";
+  });
+
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      sendButton.click();
+    }
+  });
+
+  stopButton.addEventListener("click", () => {
+    if (!socket || socket.readyState !== WebSocket.OPEN) return;
+    for (const m of messages.values()) {
+      if (ACTIVE.has(m.status)) socket.send(JSON.stringify({ type: "stop", message: m.id }));
+    }
+  });
+
+  const initial = document.getElementById("snapshot");
+  const snapshot = initial ? JSON.parse(initial.textContent) : null;
+  if (snapshot) applySnapshot(snapshot);
+  if (conversationId) connect();
+})();

@@ -1,0 +1,127 @@
+"""The websocket edge through the real ASGI stack (origin check, auth, Redis channel layer)."""
+
+from __future__ import annotations
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.test import Client
+
+from webui.asgi import application
+from webui.chat import services
+from webui.chat.models import Message
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ORIGIN = (b"origin", b"http://127.0.0.1:8000")
+
+
+def session_cookie(user) -> tuple[bytes, bytes]:
+    client = Client()
+    client.force_login(user)
+    return (
+        b"cookie",
+        f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode(),
+    )
+
+
+def communicator(path: str, *headers: tuple[bytes, bytes]) -> WebsocketCommunicator:
+    return WebsocketCommunicator(
+        application, path, headers=[(b"host", b"127.0.0.1:8000"), *headers]
+    )
+
+
+async def _connect(comm: WebsocketCommunicator) -> tuple[bool, int | None]:
+    connected, code = await comm.connect(timeout=5)
+    await comm.disconnect()
+    return connected, code
+
+
+def test_anonymous_user_is_refused(alice, gemma):
+    conversation, _, _ = services.send_message(
+        user=alice, conversation_id=None, text="hi", model_id=gemma.pk
+    )
+    connected, code = async_to_sync(_connect)(
+        communicator(f"/ws/conversations/{conversation.pk}/", ORIGIN)
+    )
+    assert not connected and code == 4401
+
+
+def test_foreign_origin_is_refused(alice, gemma):
+    conversation, _, _ = services.send_message(
+        user=alice, conversation_id=None, text="hi", model_id=gemma.pk
+    )
+    connected, _ = async_to_sync(_connect)(
+        communicator(
+            f"/ws/conversations/{conversation.pk}/",
+            (b"origin", b"http://evil.example"),
+            session_cookie(alice),
+        )
+    )
+    assert not connected
+
+
+def test_another_users_conversation_is_refused(alice, bob, gemma):
+    conversation, _, _ = services.send_message(
+        user=alice, conversation_id=None, text="secret", model_id=gemma.pk
+    )
+    connected, code = async_to_sync(_connect)(
+        communicator(f"/ws/conversations/{conversation.pk}/", ORIGIN, session_cookie(bob))
+    )
+    assert not connected and code == 4404
+
+
+def test_owner_gets_snapshot_then_can_send_and_stop(alice, gemma):
+    conversation, question, answer = services.send_message(
+        user=alice, conversation_id=None, text="first", model_id=gemma.pk
+    )
+    comm = communicator(f"/ws/conversations/{conversation.pk}/", ORIGIN, session_cookie(alice))
+
+    async def scenario() -> list[dict]:
+        connected, _ = await comm.connect(timeout=5)
+        assert connected
+        received = [await comm.receive_json_from(timeout=5)]
+        await comm.send_json_to({"type": "send", "text": "   ", "model": gemma.pk})
+        received.append(await comm.receive_json_from(timeout=5))
+        await comm.send_json_to({"type": "send", "text": "second", "model": gemma.pk})
+        received.append(await comm.receive_json_from(timeout=5))
+        received.append(await comm.receive_json_from(timeout=5))
+        await comm.send_json_to({"type": "stop", "message": answer.pk})
+        received.append(await comm.receive_json_from(timeout=5))
+        await comm.disconnect()
+        return received
+
+    snapshot, refused, new_question, new_answer, stopped = async_to_sync(scenario)()
+    assert snapshot["type"] == "snapshot"
+    assert [(m["role"], m["content"]) for m in snapshot["messages"]] == [
+        ("user", "first"),
+        ("assistant", ""),
+    ]
+    assert refused == {"type": "error", "message": "Type a message before sending.", "text": "   "}
+    assert new_question["message"]["content"] == "second"
+    assert new_answer["message"]["status"] == "queued"
+    assert stopped["message"]["id"] == answer.pk and stopped["message"]["status"] == "stopped"
+    assert Message.objects.get(pk=answer.pk).status == Message.Status.STOPPED
+    assert conversation.messages.count() == 4
+
+
+def test_stop_of_another_users_answer_is_refused(alice, bob, gemma):
+    _, _, answer = services.send_message(
+        user=alice, conversation_id=None, text="mine", model_id=gemma.pk
+    )
+    conversation_b, _, _ = services.send_message(
+        user=bob, conversation_id=None, text="bob's", model_id=gemma.pk
+    )
+    comm = communicator(f"/ws/conversations/{conversation_b.pk}/", ORIGIN, session_cookie(bob))
+
+    async def scenario() -> dict:
+        await comm.connect(timeout=5)
+        await comm.receive_json_from(timeout=5)
+        await comm.send_json_to({"type": "stop", "message": answer.pk})
+        reply = await comm.receive_json_from(timeout=5)
+        await comm.disconnect()
+        return reply
+
+    assert async_to_sync(scenario)()["message"] == "No such answer."
+    assert Message.objects.get(pk=answer.pk).status == Message.Status.QUEUED

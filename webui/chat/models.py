@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class Pool(models.TextChoices):
+    GPU = "gpu", "GPU"
+    CPU = "cpu", "CPU"
+
+
+class Backend(models.TextChoices):
+    LLAMA_CPP = "llama_cpp", "llama.cpp (GGUF)"
+    OLLAMA = "ollama", "Ollama"
+
+
+class LanguageModel(models.Model):
+    """A model people can chat with, and where/how it runs."""
+
+    name = models.CharField(max_length=200, unique=True)
+    backend = models.CharField(max_length=20, choices=Backend.choices)
+    # GGUF path for llama.cpp, model name (e.g. "llama3.2:1b") for Ollama.
+    target = models.CharField(max_length=500)
+    pool = models.CharField(max_length=10, choices=Pool.choices, default=Pool.CPU)
+    # Backend load settings: n_ctx, n_threads, n_gpu_layers, chat_format / host.
+    settings = models.JSONField(default=dict, blank=True)
+    # Default sampling parameters (inference.SamplingOptions fields).
+    parameters = models.JSONField(default=dict, blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Conversation(models.Model):
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
+    )
+    title = models.CharField(max_length=200, blank=True)
+    model = models.ForeignKey(LanguageModel, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at"]
+        indexes = [models.Index(fields=["owner", "-updated_at"])]
+
+    def __str__(self) -> str:
+        return self.title or f"Conversation {self.pk}"
+
+    @property
+    def group_name(self) -> str:
+        return f"conversation.{self.pk}"
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        SYSTEM = "system"
+        USER = "user"
+        ASSISTANT = "assistant"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+        STOPPED = "stopped"
+
+    ACTIVE = (Status.QUEUED, Status.RUNNING)
+
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    role = models.CharField(max_length=10, choices=Role.choices)
+    content = models.TextField(blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.DONE)
+    error = models.TextField(blank=True)
+    model = models.ForeignKey(LanguageModel, null=True, blank=True, on_delete=models.SET_NULL)
+    # Sequence number of the last streamed delta already included in ``content``.
+    seq = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    time_to_first_token_ms = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_second = models.FloatField(null=True, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+        indexes = [models.Index(fields=["status"])]
+
+    def __str__(self) -> str:
+        return f"{self.role} {self.pk} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE

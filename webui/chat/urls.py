@@ -1,0 +1,11 @@
+from django.urls import path
+
+from webui.chat import views
+
+app_name = "chat"
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("c/new/", views.start_conversation, name="start"),
+    path("c/<int:conversation_id>/", views.conversation_page, name="conversation"),
+    path("models/import-ollama/", views.import_ollama_models, name="import_ollama"),
+]

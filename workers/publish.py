@@ -1,0 +1,156 @@
+"""The one module that publishes to the channel layer.
+
+Everything sent here is a hint: the database holds the truth and a client can always
+rebuild from it. Publishing never blocks the caller: events go to one background thread
+per process that owns an event loop, so a generation loop never waits on Redis, and a
+single sender coroutine keeps events in order.
+
+Each streamed delta is also appended to a short-lived Redis list per answer, so a client
+that (re)connects gets the database checkpoint plus every delta after it: no gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+from webui import config
+
+logger = logging.getLogger("corral.publish")
+
+REPLAY_TTL_S = 3600
+
+
+def group_name(conversation_id: int) -> str:
+    return f"conversation.{conversation_id}"
+
+
+def replay_key(message_id: int) -> str:
+    return f"corral:deltas:{message_id}"
+
+
+@dataclass(frozen=True)
+class Delta:
+    conversation_id: int
+    message_id: int
+    seq: int
+    offset: int
+    text: str
+
+    def as_event(self) -> dict[str, Any]:
+        return {
+            "type": "message.delta",
+            "message": self.message_id,
+            "seq": self.seq,
+            "offset": self.offset,
+            "text": self.text,
+        }
+
+
+class _Sender:
+    """A daemon thread with its own event loop and one ordered queue of events."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[tuple[str, Any]] | None = None
+        self._pending = 0
+        self._done = threading.Condition()
+
+    def _start(self) -> None:
+        # Per process: a forked Celery pool child must not reuse its parent's thread.
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            ready = threading.Event()
+            self._pending = 0
+            threading.Thread(
+                target=self._run, args=(ready,), name="corral-publish", daemon=True
+            ).start()
+            ready.wait()
+            self._pid = os.getpid()
+
+    def _run(self, ready: threading.Event) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._queue = asyncio.Queue()
+        ready.set()
+        self._loop.run_until_complete(self._drain())
+
+    async def _drain(self) -> None:
+        assert self._queue is not None
+        layer = get_channel_layer()
+        redis_client = aioredis.Redis.from_url(config.redis_url())
+        while True:
+            kind, payload = await self._queue.get()
+            try:
+                if kind == "delta":
+                    delta: Delta = payload
+                    key = replay_key(delta.message_id)
+                    entry = json.dumps(
+                        {"seq": delta.seq, "offset": delta.offset, "text": delta.text}
+                    )
+                    async with redis_client.pipeline(transaction=False) as pipe:
+                        await pipe.rpush(key, entry).expire(key, REPLAY_TTL_S).execute()
+                    await layer.group_send(group_name(delta.conversation_id), delta.as_event())
+                else:
+                    group, event = payload
+                    await layer.group_send(group, event)
+            except Exception:  # a hint was lost; clients resync from the database
+                logger.warning("could not publish %s", kind, exc_info=True)
+            finally:
+                with self._done:
+                    self._pending -= 1
+                    self._done.notify_all()
+
+    def submit(self, kind: str, payload: Any) -> None:
+        self._start()
+        assert self._loop is not None and self._queue is not None
+        with self._done:
+            self._pending += 1
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, (kind, payload))
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every submitted event was sent (tests and shutdown use it)."""
+        if self._pid != os.getpid():
+            return True
+        with self._done:
+            return self._done.wait_for(lambda: self._pending == 0, timeout)
+
+
+_sender = _Sender()
+
+
+def publish_delta(delta: Delta) -> None:
+    _sender.submit("delta", delta)
+
+
+def publish_event(conversation_id: int, event: dict[str, Any]) -> None:
+    """Send ``event`` to the conversation's group once the current transaction commits."""
+    transaction.on_commit(
+        lambda: _sender.submit("event", (group_name(conversation_id), event)), robust=True
+    )
+
+
+async def read_replay(message_id: int, after_seq: int) -> list[dict[str, Any]]:
+    """Deltas of ``message_id`` with seq > ``after_seq``, oldest first."""
+    client = aioredis.Redis.from_url(config.redis_url())
+    try:
+        raw = await client.lrange(replay_key(message_id), 0, -1)
+    finally:
+        await client.aclose()
+    entries = [json.loads(item) for item in raw]
+    return [entry for entry in entries if entry["seq"] > after_seq]
+
+
+def flush(timeout: float = 5.0) -> bool:
+    return _sender.flush(timeout)
