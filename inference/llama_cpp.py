@@ -7,9 +7,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jinja2 import TemplateError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from inference.base import BackendError, Finished, GenerationRequest, StreamItem, TextChunk, Usage
+from inference.base import (
+    BackendError,
+    ChatMessage,
+    Finished,
+    GenerationRequest,
+    StreamItem,
+    TextChunk,
+    Usage,
+)
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -77,9 +86,10 @@ class LlamaCppBackend:
         with self._lock:  # a Llama context serves one stream at a time
             llm = self.load(request.model.target, request.model.settings)
             options = request.options
+            messages = fit_context(llm, request.messages, options.max_tokens)
             try:
                 chunks = llm.create_chat_completion(
-                    messages=[{"role": m.role, "content": m.content} for m in request.messages],
+                    messages=[{"role": m.role, "content": m.content} for m in messages],
                     stream=True,
                     temperature=options.temperature,
                     top_p=options.top_p,
@@ -89,8 +99,8 @@ class LlamaCppBackend:
                     seed=options.seed,
                     stop=list(options.stop),
                 )
-            except ValueError as exc:  # e.g. the prompt does not fit the context
-                raise BackendError(str(exc)) from exc
+            except (ValueError, TemplateError) as exc:  # e.g. a template refusing the turns
+                raise BackendError(f"Could not build the prompt: {exc}") from exc
             text_parts: list[str] = []
             reason = "stop"
             try:
@@ -107,6 +117,41 @@ class LlamaCppBackend:
             finally:
                 chunks.close()  # stops the decode loop when the caller stops early
             yield Finished(reason=reason, usage=_usage(llm, "".join(text_parts), reason))
+
+
+# Template tokens around each message (role markers, separators), generously counted.
+PER_MESSAGE_OVERHEAD = 8
+
+
+def fit_context(
+    llm: Llama, messages: tuple[ChatMessage, ...], max_tokens: int
+) -> tuple[ChatMessage, ...]:
+    """Drop the oldest turns (never system prompts or the last message) until the prompt
+    leaves room for the answer in the context window."""
+    n_ctx = llm.n_ctx()
+    budget = n_ctx - min(max_tokens, n_ctx // 4)
+    sizes = [
+        len(llm.tokenize(m.content.encode("utf-8"), add_bos=False, special=False))
+        + PER_MESSAGE_OVERHEAD
+        for m in messages
+    ]
+    keep = list(range(len(messages)))
+    droppable = [i for i in keep[:-1] if messages[i].role != "system"]
+    total = sum(sizes)
+    while droppable and (
+        total > budget
+        # Templates that insist on alternating turns must not start with an answer.
+        or (keep != list(range(len(messages))) and messages[droppable[0]].role == "assistant")
+    ):
+        oldest = droppable.pop(0)
+        keep.remove(oldest)
+        total -= sizes[oldest]
+    if total > budget:
+        raise BackendError(
+            f"The conversation needs about {total} tokens, more than this model's context of "
+            f"{n_ctx} tokens leaves for the prompt ({budget}). Shorten the message."
+        )
+    return tuple(messages[i] for i in keep)
 
 
 def _usage(llm: Llama, text: str, reason: str) -> Usage:

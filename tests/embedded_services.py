@@ -27,11 +27,17 @@ if not os.environ.get("REDIS_URL"):
     _socket = _data_dir / "redis.sock"
     os.environ["REDIS_URL"] = f"unix://{_socket}"  # before webui.config is imported
 
-    from webui.run.processes import redis_server_argv, wait_for_unix_socket
+    from webui.run.processes import die_with_parent, redis_server_argv, wait_for_unix_socket
 
     _argv = redis_server_argv(_socket, _data_dir)
     _argv[_argv.index("--appendonly") + 1] = "no"
-    _redis = subprocess.Popen(_argv, stdout=subprocess.DEVNULL, start_new_session=True)
+    _redis = subprocess.Popen(
+        _argv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
+    )
     wait_for_unix_socket(_socket)
 
     @atexit.register

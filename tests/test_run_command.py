@@ -39,12 +39,22 @@ def _children(pid: int) -> list[int]:
 def test_corral_run_serves_chat_on_embedded_services_and_ctrl_c_stops_all(tmp_path, gemma_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
-    env.update(DATA_DIR=str(tmp_path / "data"), MODELS_DIR=str(Path(gemma_path).parent),
-               PORT=str(port), HOST="127.0.0.1", PYTHONUNBUFFERED="1")
+    env.update(
+        DATA_DIR=str(tmp_path / "data"),
+        MODELS_DIR=str(Path(gemma_path).parent),
+        PORT=str(port),
+        HOST="127.0.0.1",
+        PYTHONUNBUFFERED="1",
+    )
     env.pop("SECRET_KEY", None)  # generated and kept in DATA_DIR on first run
     log = tmp_path / "run.log"
-    runner = subprocess.Popen([sys.executable, "manage.py", "corral_run"], cwd=REPO, env=env,
-                              stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    runner = subprocess.Popen(
+        [sys.executable, "manage.py", "corral_run"],
+        cwd=REPO,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 90
         link = None
@@ -61,16 +71,23 @@ def test_corral_run_serves_chat_on_embedded_services_and_ctrl_c_stops_all(tmp_pa
         with httpx.Client(base_url=base, follow_redirects=False, timeout=10) as http:
             page = http.get(link.removeprefix(base))
             token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
-            created = http.post(link.removeprefix(base), data={
-                "csrfmiddlewaretoken": token, "username": "admin",
-                "password": STRONG, "password2": STRONG})
+            created = http.post(
+                link.removeprefix(base),
+                data={
+                    "csrfmiddlewaretoken": token,
+                    "username": "admin",
+                    "password": STRONG,
+                    "password2": STRONG,
+                },
+            )
             assert created.status_code == 302
             home = http.get("/")
             assert home.status_code == 200 and "gemma3-270m" in home.text
             token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', home.text).group(1)
             model = re.search(r'<option value="(\d+)"', home.text).group(1)
-            started = http.post("/c/new/", data={"csrfmiddlewaretoken": token,
-                                                 "text": "Hello!", "model": model})
+            started = http.post(
+                "/c/new/", data={"csrfmiddlewaretoken": token, "text": "Hello!", "model": model}
+            )
             assert started.status_code == 302
             conversation_id = int(started.headers["location"].strip("/").split("/")[-1])
             cookie = "; ".join(f"{k}={v}" for k, v in http.cookies.items())

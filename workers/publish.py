@@ -34,14 +34,15 @@ def group_name(conversation_id: int) -> str:
     return f"conversation.{conversation_id}"
 
 
-def replay_key(message_id: int) -> str:
-    return f"corral:deltas:{message_id}"
+def replay_key(message_id: int, attempt: int) -> str:
+    return f"corral:deltas:{message_id}:{attempt}"
 
 
 @dataclass(frozen=True)
 class Delta:
     conversation_id: int
     message_id: int
+    attempt: int
     seq: int
     offset: int
     text: str
@@ -50,6 +51,7 @@ class Delta:
         return {
             "type": "message.delta",
             "message": self.message_id,
+            "attempt": self.attempt,
             "seq": self.seq,
             "offset": self.offset,
             "text": self.text,
@@ -95,7 +97,7 @@ class _Sender:
             try:
                 if kind == "delta":
                     delta: Delta = payload
-                    key = replay_key(delta.message_id)
+                    key = replay_key(delta.message_id, delta.attempt)
                     entry = json.dumps(
                         {"seq": delta.seq, "offset": delta.offset, "text": delta.text}
                     )
@@ -141,15 +143,25 @@ def publish_event(conversation_id: int, event: dict[str, Any]) -> None:
     )
 
 
-async def read_replay(message_id: int, after_seq: int) -> list[dict[str, Any]]:
-    """Deltas of ``message_id`` with seq > ``after_seq``, oldest first."""
+async def read_replay(message_id: int, attempt: int, after_seq: int) -> list[dict[str, Any]]:
+    """Deltas of one attempt at ``message_id`` with seq > ``after_seq``, oldest first."""
     client = aioredis.Redis.from_url(config.redis_url())
     try:
-        raw = await client.lrange(replay_key(message_id), 0, -1)
+        raw = await client.lrange(replay_key(message_id, attempt), 0, -1)
     finally:
         await client.aclose()
     entries = [json.loads(item) for item in raw]
     return [entry for entry in entries if entry["seq"] > after_seq]
+
+
+def reset_replay(message_id: int, attempt: int) -> None:
+    """Start an attempt's replay buffer empty (ids repeat when a database is reset)."""
+    import redis
+
+    try:
+        redis.Redis.from_url(config.redis_url()).delete(replay_key(message_id, attempt))
+    except redis.RedisError:
+        logger.warning("could not reset the replay buffer of %s", message_id, exc_info=True)
 
 
 def flush(timeout: float = 5.0) -> bool:

@@ -1,12 +1,19 @@
-"""Stop requests travel through Redis: the worker polls a key between chunks."""
+"""Stop requests travel through Redis: the worker polls a key between chunks.
+
+A Redis outage must not fail a healthy answer: the worker treats an unreadable flag as
+"not requested", and clearing a flag is best-effort (it expires anyway).
+"""
 
 from __future__ import annotations
 
+import logging
 from functools import cache
 
 import redis
 
 from webui import config
+
+logger = logging.getLogger("corral.stop")
 
 _TTL_S = 3600
 
@@ -16,17 +23,25 @@ def _client() -> redis.Redis:
     return redis.Redis.from_url(config.redis_url())
 
 
-def _key(message_id: int) -> str:
-    return f"corral:stop:{message_id}"
+def _key(message_id: int, attempt: int) -> str:
+    # Scoped to the attempt: a flag never outlives the run it was meant for.
+    return f"corral:stop:{message_id}:{attempt}"
 
 
-def request_stop(message_id: int) -> None:
-    _client().set(_key(message_id), 1, ex=_TTL_S)
+def request_stop(message_id: int, attempt: int) -> None:
+    _client().set(_key(message_id, attempt), 1, ex=_TTL_S)
 
 
-def stop_requested(message_id: int) -> bool:
-    return bool(_client().exists(_key(message_id)))
+def stop_requested(message_id: int, attempt: int) -> bool:
+    try:
+        return bool(_client().exists(_key(message_id, attempt)))
+    except redis.RedisError:
+        logger.warning("cannot read the stop flag of answer %s", message_id, exc_info=True)
+        return False
 
 
-def clear(message_id: int) -> None:
-    _client().delete(_key(message_id))
+def clear(message_id: int, attempt: int) -> None:
+    try:
+        _client().delete(_key(message_id, attempt))
+    except redis.RedisError:
+        logger.warning("cannot clear the stop flag of answer %s", message_id, exc_info=True)

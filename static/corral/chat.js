@@ -14,9 +14,26 @@
   const errorBox = document.getElementById("composer-error");
   const connection = document.getElementById("connection");
   const conversationId = root.dataset.conversationId;
+  const emptyNote = list.querySelector(".empty"); // looked up before any model output exists
 
   const messages = new Map(); // id -> message payload (content, seq, status, ...)
+  const elements = new Map(); // id -> <article>; never looked up in the DOM (model output is there)
   const ACTIVE = new Set(["queued", "running"]);
+  // A message only moves forward: queued -> running -> done | failed | stopped.
+  const RANK = { queued: 0, running: 1, done: 2, failed: 2, stopped: 2 };
+  // Sanitized markdown may not carry anything that looks like our own UI.
+  const PURIFY = {
+    USE_PROFILES: { html: true },
+    ALLOW_DATA_ATTR: false,
+    FORBID_TAGS: ["style", "form", "input", "button", "textarea", "select", "option", "article"],
+    FORBID_ATTR: ["id", "name", "role", "aria-busy", "style"],
+  };
+  // The server counts text in code points; JavaScript strings count UTF-16 units.
+  const codePoints = (text) => {
+    let n = 0;
+    for (const _ of text) n += 1;
+    return n;
+  };
   const STATUS_TEXT = {
     queued: "Queued…",
     running: "Generating…",
@@ -27,6 +44,7 @@
   let socket = null;
   let retryDelay = 500;
   let resyncPending = false;
+  let lastEventAt = Date.now();
   const dirty = new Set();
   let frameRequested = false;
 
@@ -39,7 +57,7 @@
     // Model output is untrusted: markdown to HTML, then DOMPurify, never raw HTML.
     if (window.marked && window.DOMPurify) {
       const html = window.marked.parse(text, { gfm: true, breaks: false });
-      target.innerHTML = window.DOMPurify.sanitize(html, { USE_PROFILES: { html: true } });
+      target.innerHTML = window.DOMPurify.sanitize(html, PURIFY);
     } else {
       target.textContent = text;
     }
@@ -55,7 +73,7 @@
   }
 
   function elementFor(m) {
-    let el = list.querySelector(`[data-message-id="${m.id}"]`);
+    let el = elements.get(m.id);
     if (!el) {
       el = document.createElement("article");
       el.className = "message";
@@ -71,24 +89,24 @@
       meta.className = "meta";
       el.append(body, status, error, meta);
       list.append(el);
-      const empty = list.querySelector(".empty");
-      if (empty) empty.remove();
+      elements.set(m.id, el);
+      if (emptyNote) emptyNote.remove();
     }
     return el;
   }
 
   function draw(m) {
     const el = elementFor(m);
-    const body = el.querySelector(".content");
+    const [body, status, error, meta] = el.children;
     if (m.role === "assistant") renderMarkdown(body, m.content);
     else body.textContent = m.content;
     const active = ACTIVE.has(m.status);
     if (active) el.setAttribute("aria-busy", "true");
     else el.removeAttribute("aria-busy");
     el.dataset.status = m.status;
-    el.querySelector(".status").textContent = m.role === "assistant" ? STATUS_TEXT[m.status] || "" : "";
-    el.querySelector(".message-error").textContent = m.error || "";
-    el.querySelector(".meta").textContent = m.role === "assistant" && !active ? figures(m) : "";
+    status.textContent = m.role === "assistant" ? STATUS_TEXT[m.status] || "" : "";
+    error.textContent = m.error || "";
+    meta.textContent = m.role === "assistant" && !active ? figures(m) : "";
   }
 
   function scheduleDraw(id) {
@@ -114,15 +132,25 @@
     stopButton.disabled = !active;
   }
 
+  function keepStreamedText(m, known) {
+    // A snapshot or state event can be older than the deltas we already applied.
+    if (
+      known &&
+      ACTIVE.has(m.status) &&
+      known.attempt === m.attempt &&
+      known.seq > m.seq &&
+      known.content.startsWith(m.content)
+    ) {
+      m.content = known.content;
+      m.seq = known.seq;
+    }
+    m.chars = codePoints(m.content);
+  }
+
   function applySnapshot(snapshot) {
     const seen = new Set();
     for (const m of snapshot.messages) {
-      const known = messages.get(m.id);
-      // Keep text we already streamed past the snapshot's checkpoint.
-      if (known && ACTIVE.has(m.status) && known.seq > m.seq && known.content.startsWith(m.content)) {
-        m.content = known.content;
-        m.seq = known.seq;
-      }
+      keepStreamedText(m, messages.get(m.id));
       messages.set(m.id, m);
       seen.add(m.id);
       scheduleDraw(m.id);
@@ -130,7 +158,8 @@
     for (const id of [...messages.keys()]) {
       if (!seen.has(id)) {
         messages.delete(id);
-        const el = list.querySelector(`[data-message-id="${id}"]`);
+        const el = elements.get(id);
+        elements.delete(id);
         if (el) el.remove();
       }
     }
@@ -140,9 +169,11 @@
   function applyDelta(d) {
     const m = messages.get(d.message);
     if (!m) return resync();
+    if (d.attempt !== m.attempt) return resync(); // a new attempt replaces the text
     if (d.seq <= m.seq) return; // already have it
-    if (d.offset !== m.content.length || d.seq !== m.seq + 1) return resync();
+    if (d.offset !== m.chars || d.seq !== m.seq + 1) return resync();
     m.content += d.text;
+    m.chars += codePoints(d.text);
     m.seq = d.seq;
     if (m.status === "queued") m.status = "running";
     scheduleDraw(m.id);
@@ -150,10 +181,8 @@
 
   function applyState(m) {
     const known = messages.get(m.id);
-    if (known && ACTIVE.has(m.status) && known.seq > m.seq) {
-      m.content = known.content;
-      m.seq = known.seq;
-    }
+    if (known && RANK[m.status] < RANK[known.status]) return; // a late, older event
+    keepStreamedText(m, known);
     messages.set(m.id, m);
     scheduleDraw(m.id);
   }
@@ -173,6 +202,7 @@
       root.dataset.connected = "true";
     });
     socket.addEventListener("message", (event) => {
+      lastEventAt = Date.now();
       const data = JSON.parse(event.data);
       if (data.type === "snapshot") {
         resyncPending = false;
@@ -227,6 +257,17 @@
       if (ACTIVE.has(m.status)) socket.send(JSON.stringify({ type: "stop", message: m.id }));
     }
   });
+
+  // Events are hints and can be lost (channel layer capacity, a Redis restart): while an
+  // answer is active and nothing has arrived for a while, ask the database again.
+  setInterval(() => {
+    const active = [...messages.values()].some((m) => ACTIVE.has(m.status));
+    if (active && Date.now() - lastEventAt > 5000) {
+      lastEventAt = Date.now();
+      resyncPending = false;
+      resync();
+    }
+  }, 1000);
 
   const initial = document.getElementById("snapshot");
   const snapshot = initial ? JSON.parse(initial.textContent) : null;

@@ -18,9 +18,9 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def broker() -> redis.Redis:
     client = redis.Redis.from_url(config.redis_url())
-    client.delete("cpu", "gpu")
+    client.delete("gpu")
     yield client
-    client.delete("cpu", "gpu")
+    client.delete("gpu")
 
 
 def queued_job_ids(broker: redis.Redis, queue: str) -> list[str]:
@@ -35,24 +35,23 @@ def test_send_saves_question_and_queued_answer_then_enqueues_after_commit(
         conversation, question, answer = services.send_message(
             user=alice, conversation_id=None, text="Hello there", model_id=gemma.pk
         )
-        assert broker.llen("cpu") == 0  # nothing is queued before the commit
+    assert broker.llen(gemma.pool) == 0  # nothing is queued before the commit
     assert question.content == "Hello there" and question.role == "user"
     assert answer.status == Message.Status.QUEUED and answer.model == gemma
     assert conversation.title == "Hello there" and conversation.owner == alice
     for callback in callbacks:
         callback()
-    assert queued_job_ids(broker, "cpu") == [f"answer-{answer.pk}"]
-
-
-def test_gpu_model_goes_to_gpu_queue(alice, gemma, broker, django_capture_on_commit_callbacks):
-    gemma.pool = "gpu"
-    gemma.save()
-    with django_capture_on_commit_callbacks(execute=True):
-        _, _, answer = services.send_message(
-            user=alice, conversation_id=None, text="hi", model_id=gemma.pk
-        )
+    # The job waits in the queue of the model's pool (gpu here), keyed by the answer id.
     assert queued_job_ids(broker, "gpu") == [f"answer-{answer.pk}"]
     assert broker.llen("cpu") == 0
+
+
+def test_unknown_pool_is_refused():
+    from workers.queues import queue_for_pool
+
+    assert queue_for_pool("cpu") == "cpu"
+    with pytest.raises(ValueError, match="unknown pool"):
+        queue_for_pool("tpu")
 
 
 @pytest.mark.parametrize("text", ["", "   \n\t"])
@@ -63,11 +62,10 @@ def test_empty_message_is_refused_and_nothing_saved(alice, gemma, text):
 
 
 @override_settings(CORRAL={"MAX_MESSAGE_CHARS": 100})
-def test_too_long_message_is_refused_before_enqueue(alice, gemma, broker):
+def test_too_long_message_is_refused_before_anything_is_saved(alice, gemma):
     with pytest.raises(ValidationError, match="101 characters long; the limit is 100"):
         services.send_message(user=alice, conversation_id=None, text="x" * 101, model_id=gemma.pk)
     assert not Message.objects.exists()
-    assert broker.llen("cpu") == 0
 
 
 def test_disabled_model_is_refused(alice, gemma):
@@ -117,11 +115,22 @@ def test_stop_of_a_running_answer_raises_the_flag(alice, gemma):
     _, _, answer = services.send_message(
         user=alice, conversation_id=None, text="hi", model_id=gemma.pk
     )
-    Message.objects.filter(pk=answer.pk).update(status=Message.Status.RUNNING)
-    stop_flags.clear(answer.pk)
+    Message.objects.filter(pk=answer.pk).update(status=Message.Status.RUNNING, attempts=1)
+    stop_flags.clear(answer.pk, 1)
     services.stop_answer(user=alice, message_id=answer.pk)
-    assert stop_flags.stop_requested(answer.pk)
-    stop_flags.clear(answer.pk)
+    assert stop_flags.stop_requested(answer.pk, 1)
+    assert not stop_flags.stop_requested(answer.pk, 2)  # a later attempt is not stopped
+    stop_flags.clear(answer.pk, 1)
+
+
+def test_stop_of_a_finished_answer_leaves_no_flag(alice, gemma):
+    _, _, answer = services.send_message(
+        user=alice, conversation_id=None, text="hi", model_id=gemma.pk
+    )
+    Message.objects.filter(pk=answer.pk).update(status=Message.Status.DONE, attempts=1)
+    services.stop_answer(user=alice, message_id=answer.pk)
+    assert not stop_flags.stop_requested(answer.pk, 1)
+    assert Message.objects.get(pk=answer.pk).status == Message.Status.DONE
 
 
 def test_stop_of_another_users_answer_is_not_found(alice, bob, gemma):

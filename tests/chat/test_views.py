@@ -99,3 +99,44 @@ def test_import_ollama_button_is_admin_only(client, alice):
     client.force_login(alice)
     response = client.post(reverse("chat:import_ollama"))
     assert response.status_code == 302 and "/admin/login/" in response.url
+
+
+def test_admin_imports_ollama_models_with_the_button(client, admin_user, settings):
+    from tests.ollama_server import OllamaTestServer
+    from webui import config
+    from webui.chat.models import LanguageModel
+
+    with OllamaTestServer(models={"llama3.2:1b": "hi", "qwen2.5:0.5b": "hi"}) as server:
+        config.OLLAMA_HOST, previous = server.url, config.OLLAMA_HOST
+        try:
+            client.force_login(admin_user)
+            response = client.post(reverse("chat:import_ollama"), follow=True)
+        finally:
+            config.OLLAMA_HOST = previous
+    assert "Imported 2 new Ollama model(s)." in response.content.decode()
+    imported = LanguageModel.objects.filter(backend="ollama").order_by("name")
+    assert [(m.name, m.target, m.settings["host"]) for m in imported] == [
+        ("ollama/llama3.2:1b", "llama3.2:1b", server.url),
+        ("ollama/qwen2.5:0.5b", "qwen2.5:0.5b", server.url),
+    ]
+
+
+def test_import_command_reports_an_unreachable_server(capsys):
+    from django.core.management import CommandError, call_command
+
+    from tests.conftest import free_port
+
+    with pytest.raises(CommandError, match="unreachable"):
+        call_command("import_ollama_models", host=f"http://127.0.0.1:{free_port()}")
+
+
+def test_import_command_registers_models_once():
+    from django.core.management import call_command
+
+    from tests.ollama_server import OllamaTestServer
+    from webui.chat.models import LanguageModel
+
+    with OllamaTestServer(models={"tiny:latest": "hi"}) as server:
+        call_command("import_ollama_models", host=server.url)
+        call_command("import_ollama_models", host=server.url)
+    assert LanguageModel.objects.filter(backend="ollama").count() == 1

@@ -58,7 +58,10 @@ class ChatClient:
         elif event["type"] == "delta":
             self.deltas.append(event)
             message = self.messages[event["message"]]
-            if event["offset"] == len(message["content"]) and event["seq"] == message["seq"] + 1:
+            in_step = (
+                event["offset"] == len(message["content"]) and event["seq"] == message["seq"] + 1
+            )
+            if event["attempt"] == message["attempt"] and in_step:
                 message["content"] += event["text"]
                 message["seq"] = event["seq"]
             elif event["seq"] > message["seq"]:

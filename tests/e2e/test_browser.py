@@ -13,7 +13,10 @@ pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transa
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
     "--disable-component-update",
 ]
 
@@ -99,8 +102,9 @@ def test_model_output_is_never_executed_as_html(page, alice, worker, web_server)
 
     hostile = '<img src=x onerror="window.__owned=1"> <script>window.__owned=2</script> **bold**'
     with OllamaTestServer(models={"evil:latest": hostile}) as server:
-        LanguageModel.objects.create(name="evil", backend="ollama", target="evil:latest",
-                                     settings={"host": server.url})
+        LanguageModel.objects.create(
+            name="evil", backend="ollama", target="evil:latest", settings={"host": server.url}
+        )
         page.goto(f"{web_server.url}/login/")
         page.get_by_label("Username").fill("alice")
         page.get_by_label("Password").fill(PASSWORD)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.core.exceptions import ValidationError
@@ -104,6 +105,14 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             )
         except (Message.DoesNotExist, ValueError, TypeError):
             await self.send_json({"type": "error", "message": "No such answer.", "text": ""})
+        except redis.RedisError:
+            await self.send_json(
+                {
+                    "type": "error",
+                    "message": "Could not reach the queue to stop it; try again.",
+                    "text": "",
+                }
+            )
 
     # Channel layer events ------------------------------------------------------------
 
@@ -112,6 +121,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             {
                 "type": "delta",
                 "message": event["message"],
+                "attempt": event["attempt"],
                 "seq": event["seq"],
                 "offset": event["offset"],
                 "text": event["text"],
@@ -124,7 +134,8 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
 
 async def _add_replayed_deltas(message: dict[str, Any]) -> None:
     """Bring a running answer from its last checkpoint up to the last published delta."""
-    for delta in await publish.read_replay(message["id"], after_seq=message["seq"]):
+    replay = await publish.read_replay(message["id"], message["attempt"], after_seq=message["seq"])
+    for delta in replay:
         if delta["offset"] != len(message["content"]):
             break  # a gap in the buffer (e.g. Redis restarted): stay at the checkpoint
         message["content"] += delta["text"]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 from pydantic import ValidationError
 
@@ -69,6 +70,7 @@ class AnswerStream:
 
     answer: Message
     text: str = ""
+    chunks: int = 0
     seq: int = 0
     flushed_chars: int = 0
     first_token_at: datetime | None = None
@@ -80,6 +82,7 @@ class AnswerStream:
         if self.first_token_at is None:
             self.first_token_at = timezone.now()
         self.text += chunk
+        self.chunks += 1
         # The first token goes out at once (time to first token); later ones are batched.
         return self.seq == 0 or time.monotonic() - self._last_flush >= config.FLUSH_INTERVAL_S
 
@@ -91,6 +94,7 @@ class AnswerStream:
             publish.Delta(
                 conversation_id=self.answer.conversation_id,
                 message_id=self.answer.pk,
+                attempt=self.answer.attempts,
                 seq=self.seq,
                 offset=self.flushed_chars,
                 text=self.text[self.flushed_chars :],
@@ -112,11 +116,16 @@ class AnswerStream:
 def claim(message_id: int, worker: str) -> Message | None:
     """Move a queued answer to running; None if it was stopped or already taken."""
     claimed = Message.objects.filter(pk=message_id, status=Message.Status.QUEUED).update(
-        status=Message.Status.RUNNING, started_at=timezone.now(), worker=worker
+        status=Message.Status.RUNNING,
+        started_at=timezone.now(),
+        worker=worker,
+        attempts=F("attempts") + 1,
     )
     if not claimed:
         return None
-    return Message.objects.select_related("model", "conversation").get(pk=message_id)
+    answer = Message.objects.select_related("model", "conversation").get(pk=message_id)
+    publish.reset_replay(answer.pk, answer.attempts)
+    return answer
 
 
 def run_generation(message_id: int, worker: str) -> Message | None:
@@ -139,7 +148,7 @@ def run_generation(message_id: int, worker: str) -> Message | None:
                 if isinstance(item, TextChunk):
                     if stream.add(item.text):
                         stream.flush()
-                        if stop_flags.stop_requested(answer.pk):
+                        if stop_flags.stop_requested(answer.pk, answer.attempts):
                             status, error = Message.Status.STOPPED, "Stopped by the user."
                             break
                 elif isinstance(item, Finished):
@@ -170,6 +179,8 @@ def _save_outcome(
     if finished is not None:
         answer.prompt_tokens = finished.usage.prompt_tokens
         answer.completion_tokens = finished.usage.completion_tokens
+    elif stream.chunks:  # stopped or failed mid-stream: a chunk is about one token
+        answer.completion_tokens = stream.chunks
     if stream.first_token_at is not None:
         answer.time_to_first_token_ms = int(
             (stream.first_token_at - answer.created_at).total_seconds() * 1000
@@ -180,5 +191,6 @@ def _save_outcome(
     with transaction.atomic():
         answer.save()
         publish_message(answer)
-    stop_flags.clear(answer.pk)
+    stop_flags.clear(answer.pk, answer.attempts)
+    publish.flush(timeout=2)  # a pool child may exit after this job: send what is queued
     return answer

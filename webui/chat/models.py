@@ -82,6 +82,8 @@ class Message(models.Model):
     model = models.ForeignKey(LanguageModel, null=True, blank=True, on_delete=models.SET_NULL)
     # Sequence number of the last streamed delta already included in ``content``.
     seq = models.PositiveIntegerField(default=0)
+    # How many times a worker claimed this answer; stream keys are scoped to the attempt.
+    attempts = models.PositiveSmallIntegerField(default=0)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
     time_to_first_token_ms = models.PositiveIntegerField(null=True, blank=True)

@@ -42,6 +42,7 @@ def message_payload(message: Message) -> dict[str, Any]:
         "status": message.status,
         "error": message.error,
         "seq": message.seq,
+        "attempt": message.attempts,
         "model": message.model.name if message.model_id and message.model else None,
         "prompt_tokens": message.prompt_tokens,
         "completion_tokens": message.completion_tokens,

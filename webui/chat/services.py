@@ -84,10 +84,12 @@ def send_message(
             _finish(
                 answer, Message.Status.FAILED, "No model is available: ask an admin to add one."
             )
-        else:
-            transaction.on_commit(lambda: _enqueue(answer, model.pool))
+        # Published before the job is queued (on_commit keeps this order), so a fast
+        # worker's "running" never arrives before this "queued".
         publish_message(question)
         publish_message(answer)
+        if model is not None:
+            transaction.on_commit(lambda: _enqueue(answer, model.pool))
     return conversation, question, answer
 
 
@@ -138,10 +140,10 @@ def stop_answer(*, user: AbstractBaseUser, message_id: int) -> Message:
             answer.refresh_from_db()
             publish_message(answer)
             return answer
-    # Running (or just claimed by a worker): the worker polls this flag between chunks
-    # and closes the upstream stream. Harmless if the answer has already finished.
-    stop_flags.request_stop(answer.pk)
     answer.refresh_from_db()
+    if answer.status == Message.Status.RUNNING:
+        # The worker polls this flag between chunks and closes the upstream stream.
+        stop_flags.request_stop(answer.pk, answer.attempts)
     return answer
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import messages as flash
 from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -60,6 +61,7 @@ def start_conversation(request: HttpRequest) -> HttpResponse:
 
 
 @staff_member_required
+@permission_required("chat.add_languagemodel", raise_exception=True)
 @require_POST
 def import_ollama_models(request: HttpRequest) -> HttpResponse:
     """Admin button: register every model of the OLLAMA_HOST server."""

@@ -21,6 +21,16 @@ from pathlib import Path
 from webui import config
 
 
+def die_with_parent() -> None:
+    """preexec_fn: ask Linux to SIGTERM this child if the process that started it dies,
+    so a killed `make run` (or test run) leaves no Redis or worker behind."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 @dataclass
 class Child:
     name: str
@@ -37,7 +47,9 @@ class Supervisor:
     children: list[Child] = field(default_factory=list)
 
     def start(self, name: str, argv: list[str], *, cwd: Path = config.BASE_DIR) -> Child:
-        process = subprocess.Popen(argv, cwd=cwd, env=self.env, start_new_session=True)
+        process = subprocess.Popen(
+            argv, cwd=cwd, env=self.env, start_new_session=True, preexec_fn=die_with_parent
+        )
         child = Child(name, process)
         self.children.append(child)
         return child

@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+import pytest
+import redis
+
+from webui import config
+
+# The suite's Celery worker consumes only `cpu`; tests here run jobs themselves, so their
+# models live in the `gpu` pool and a running test worker cannot take the job first.
+UNSERVED_POOL = "gpu"
+
+
+@pytest.fixture
+def gemma(gemma):
+    gemma.pool = UNSERVED_POOL
+    gemma.save()
+    yield gemma
+    redis.Redis.from_url(config.redis_url()).delete(UNSERVED_POOL)

@@ -1,0 +1,145 @@
+"""The llama.cpp backend against the real default model and small broken GGUF files."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from inference import (
+    BackendError,
+    ChatMessage,
+    Finished,
+    GenerationRequest,
+    ModelSpec,
+    SamplingOptions,
+    TextChunk,
+    get_backend,
+)
+from inference.llama_cpp import fit_context
+
+
+def request(path: Path | str, *messages: ChatMessage, **options) -> GenerationRequest:
+    return GenerationRequest(
+        model=ModelSpec("llama_cpp", str(path), {"chat_format": "gemma", "n_ctx": 512}),
+        messages=messages or (ChatMessage("user", "Name three colours."),),
+        options=SamplingOptions(**{"max_tokens": 24, "temperature": 0.0, "seed": 3, **options}),
+    )
+
+
+def test_streams_text_then_usage(gemma_path):
+    items = list(get_backend("llama_cpp").stream(request(gemma_path)))
+    chunks = [i for i in items if isinstance(i, TextChunk)]
+    assert len(chunks) >= 2 and all(c.text for c in chunks)
+    assert isinstance(items[-1], Finished)
+    usage = items[-1].usage
+    assert 0 < usage.completion_tokens <= 24
+    assert 10 < usage.prompt_tokens < 40  # "<start_of_turn>user\n…<start_of_turn>model\n"
+
+
+def test_same_seed_gives_the_same_answer_and_model_stays_loaded(gemma_path):
+    backend = get_backend("llama_cpp")
+    first = "".join(i.text for i in backend.stream(request(gemma_path)) if isinstance(i, TextChunk))
+    loaded = backend._llm
+    second = "".join(
+        i.text for i in backend.stream(request(gemma_path)) if isinstance(i, TextChunk)
+    )
+    assert first == second
+    assert backend._llm is loaded  # kept between jobs, not reloaded
+
+
+def test_closing_the_stream_stops_generation(gemma_path):
+    stream = get_backend("llama_cpp").stream(request(gemma_path, max_tokens=400))
+    assert isinstance(next(stream), TextChunk)
+    stream.close()
+    # The backend is free again at once: a new stream runs to its end.
+    items = list(get_backend("llama_cpp").stream(request(gemma_path)))
+    assert isinstance(items[-1], Finished)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    started = time.monotonic()
+    with pytest.raises(BackendError, match="Model file not found"):
+        list(get_backend("llama_cpp").stream(request(tmp_path / "nope.gguf")))
+    assert time.monotonic() - started < 5
+
+
+def test_a_file_that_is_not_gguf_is_a_clear_error(tmp_path):
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"NOTAGGUF" + bytes(1024))
+    with pytest.raises(BackendError, match="Could not load junk.gguf"):
+        list(get_backend("llama_cpp").stream(request(junk)))
+
+
+def test_gguf_without_template_or_configured_format_is_refused(tmp_path):
+    """A random-weight GGUF written with the `gguf` package loads, but cannot be chatted
+    with: it has no chat template and no chat format was configured."""
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    writer.add_context_length(64)
+    writer.add_embedding_length(8)
+    writer.add_feed_forward_length(16)
+    writer.add_head_count(2)
+    writer.add_head_count_kv(2)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_tokenizer_model("llama")
+    tokens = ["<unk>", "<s>", "</s>"] + [chr(c) for c in range(97, 123)]
+    writer.add_token_list(tokens)
+    writer.add_token_scores([0.0] * len(tokens))
+    writer.add_token_types([2, 3, 3] + [1] * 26)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    rng = np.random.default_rng(0)
+    vocab, dim = len(tokens), 8
+    tensors = {
+        "token_embd.weight": (vocab, dim),
+        "output_norm.weight": (dim,),
+        "output.weight": (vocab, dim),
+        "blk.0.attn_norm.weight": (dim,),
+        "blk.0.attn_q.weight": (dim, dim),
+        "blk.0.attn_k.weight": (dim, dim),
+        "blk.0.attn_v.weight": (dim, dim),
+        "blk.0.attn_output.weight": (dim, dim),
+        "blk.0.ffn_norm.weight": (dim,),
+        "blk.0.ffn_gate.weight": (16, dim),
+        "blk.0.ffn_up.weight": (16, dim),
+        "blk.0.ffn_down.weight": (dim, 16),
+    }
+    for name, shape in tensors.items():
+        writer.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    spec = ModelSpec("llama_cpp", str(path), {"n_ctx": 64})
+    with pytest.raises(BackendError, match="has no chat template; set a chat format"):
+        list(
+            get_backend("llama_cpp").stream(GenerationRequest(spec, (ChatMessage("user", "abc"),)))
+        )
+
+
+def test_long_history_is_trimmed_to_the_context_oldest_first(gemma_path):
+    backend = get_backend("llama_cpp")
+    backend.stream(request(gemma_path))  # generator: nothing runs yet
+    llm = backend.load(str(gemma_path), {"chat_format": "gemma", "n_ctx": 512})
+    system = ChatMessage("system", "Be brief.")
+    turns = []
+    for i in range(12):
+        turns += [
+            ChatMessage("user", f"question {i} " + "word " * 40),
+            ChatMessage("assistant", f"answer {i} " + "word " * 40),
+        ]
+    last = ChatMessage("user", "final question")
+    kept = fit_context(llm, (system, *turns, last), max_tokens=64)
+    assert kept[0] == system and kept[-1] == last
+    assert kept[1].role == "user" and len(kept) < len(turns) + 2
+    assert kept[1:-1] == tuple(turns[len(turns) - (len(kept) - 2) :])
+
+    with pytest.raises(BackendError, match="Shorten the message"):
+        fit_context(llm, (ChatMessage("user", "word " * 2000),), max_tokens=64)
