@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.signals import worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webui.settings")
 
@@ -38,3 +39,18 @@ app.conf.update(
     worker_hijack_root_logger=False,
     worker_send_task_events=False,
 )
+
+
+@worker_ready.connect
+def start_reaper(**kwargs: object) -> None:
+    """Every worker's main process re-queues or fails answers whose worker was lost.
+
+    It runs in the main process, which outlives a killed pool child; several reapers are
+    safe (conditional updates)."""
+    import threading
+
+    from webui.chat.jobs import run_reaper_forever
+
+    threading.Thread(
+        target=run_reaper_forever, args=(threading.Event(),), name="corral-reaper", daemon=True
+    ).start()

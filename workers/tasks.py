@@ -1,4 +1,4 @@
-"""Celery tasks: thin. They take ids, call one service function, and return."""
+"""Celery tasks: thin. They take ids or pool names, call one service function, and return."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import socket
 from workers.celery_app import app
 
 
-@app.task(name="corral.generate_answer", acks_late=True, reject_on_worker_lost=True)
-def generate_answer(message_id: int) -> None:
-    from webui.chat.generation import run_generation
+@app.task(name="corral.run_next_answer", acks_late=True, reject_on_worker_lost=True)
+def run_next_answer(pool: str) -> None:
+    """A wake-up for one worker of ``pool``: run the fairest queued answer, if any."""
+    from webui.chat.generation import run_next
 
-    worker = f"{generate_answer.request.hostname or socket.gethostname()}:{os.getpid()}"
-    run_generation(message_id, worker=worker)
+    worker = f"{run_next_answer.request.hostname or socket.gethostname()}:{os.getpid()}"
+    run_next(pool, worker=worker)

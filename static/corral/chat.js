@@ -19,8 +19,6 @@
   const messages = new Map(); // id -> message payload (content, seq, status, ...)
   const elements = new Map(); // id -> <article>; never looked up in the DOM (model output is there)
   const ACTIVE = new Set(["queued", "running"]);
-  // A message only moves forward: queued -> running -> done | failed | stopped.
-  const RANK = { queued: 0, running: 1, done: 2, failed: 2, stopped: 2 };
   // Sanitized markdown may not carry anything that looks like our own UI.
   const PURIFY = {
     USE_PROFILES: { html: true },
@@ -61,6 +59,17 @@
     } else {
       target.textContent = text;
     }
+  }
+
+  function statusText(m) {
+    if (m.role !== "assistant") return "";
+    let text = STATUS_TEXT[m.status] || "";
+    if (m.status === "queued" && m.queue) {
+      text = `Queued: #${m.queue.position} in the ${m.queue.pool} queue`;
+      if (m.queue.eta_s != null) text += `, about ${m.queue.eta_s} s`;
+    }
+    if (m.attempt > 1) text = `${text} (retried after a worker was lost)`.trim();
+    return text;
   }
 
   function figures(m) {
@@ -104,7 +113,7 @@
     if (active) el.setAttribute("aria-busy", "true");
     else el.removeAttribute("aria-busy");
     el.dataset.status = m.status;
-    status.textContent = m.role === "assistant" ? STATUS_TEXT[m.status] || "" : "";
+    status.textContent = statusText(m);
     error.textContent = m.error || "";
     meta.textContent = m.role === "assistant" && !active ? figures(m) : "";
   }
@@ -181,7 +190,8 @@
 
   function applyState(m) {
     const known = messages.get(m.id);
-    if (known && RANK[m.status] < RANK[known.status]) return; // a late, older event
+    if (known && m.version < known.version) return; // a late, older event
+    if (known && known.queue && m.status === "queued") m.queue = known.queue;
     keepStreamedText(m, known);
     messages.set(m.id, m);
     scheduleDraw(m.id);
@@ -209,6 +219,13 @@
         applySnapshot(data);
       } else if (data.type === "delta") applyDelta(data);
       else if (data.type === "message") applyState(data.message);
+      else if (data.type === "queue") {
+        const m = messages.get(data.message);
+        if (m && m.status === "queued") {
+          m.queue = { pool: data.pool, position: data.position, eta_s: data.eta_s };
+          scheduleDraw(m.id);
+        }
+      }
       else if (data.type === "error") {
         showError(data.message);
         if (data.text && !input.value) input.value = data.text;

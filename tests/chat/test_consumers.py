@@ -78,21 +78,30 @@ def test_owner_gets_snapshot_then_can_send_and_stop(alice, gemma):
     )
     comm = communicator(f"/ws/conversations/{conversation.pk}/", ORIGIN, session_cookie(alice))
 
+    queue_events: list[dict] = []
+
+    async def receive() -> dict:
+        while (event := await comm.receive_json_from(timeout=5))["type"] == "queue":
+            queue_events.append(event)
+        return event
+
     async def scenario() -> list[dict]:
         connected, _ = await comm.connect(timeout=5)
         assert connected
-        received = [await comm.receive_json_from(timeout=5)]
+        received = [await receive()]
         await comm.send_json_to({"type": "send", "text": "   ", "model": gemma.pk})
-        received.append(await comm.receive_json_from(timeout=5))
+        received.append(await receive())
         await comm.send_json_to({"type": "send", "text": "second", "model": gemma.pk})
-        received.append(await comm.receive_json_from(timeout=5))
-        received.append(await comm.receive_json_from(timeout=5))
+        received.append(await receive())
+        received.append(await receive())
         await comm.send_json_to({"type": "stop", "message": answer.pk})
-        received.append(await comm.receive_json_from(timeout=5))
+        received.append(await receive())
+        await comm.send_json_to({"type": "sync"})
+        received.append(await receive())
         await comm.disconnect()
         return received
 
-    snapshot, refused, new_question, new_answer, stopped = async_to_sync(scenario)()
+    snapshot, refused, new_question, new_answer, stopped, resync = async_to_sync(scenario)()
     assert snapshot["type"] == "snapshot"
     assert [(m["role"], m["content"]) for m in snapshot["messages"]] == [
         ("user", "first"),
@@ -104,6 +113,13 @@ def test_owner_gets_snapshot_then_can_send_and_stop(alice, gemma):
     assert stopped["message"]["id"] == answer.pk and stopped["message"]["status"] == "stopped"
     assert Message.objects.get(pk=answer.pk).status == Message.Status.STOPPED
     assert conversation.messages.count() == 4
+    # The queue is visible: the snapshot and live events say where each answer waits.
+    assert snapshot["messages"][1]["queue"] == {"pool": "gpu", "position": 1, "eta_s": None}
+    second_answer = new_answer["message"]["id"]
+    places = [(e["message"], e["position"]) for e in queue_events]
+    assert (second_answer, 2) in places  # behind the first answer
+    # The first was stopped: the second moved up.
+    assert resync["type"] == "snapshot" and resync["messages"][3]["queue"]["position"] == 1
 
 
 def test_stop_of_another_users_answer_is_refused(alice, bob, gemma):

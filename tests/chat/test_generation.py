@@ -12,7 +12,7 @@ from channels.layers import get_channel_layer
 from tests.chat.conftest import UNSERVED_POOL
 from tests.ollama_server import OllamaTestServer
 from webui.chat import services
-from webui.chat.generation import run_generation
+from webui.chat.generation import run_next
 from webui.chat.models import LanguageModel, Message
 from workers import publish, stop_flags
 
@@ -43,7 +43,7 @@ def test_answer_streams_deltas_in_order_and_saves_text_and_figures(alice, gemma)
         user=alice, conversation_id=None, text="Tell me about the sea.", model_id=gemma.pk
     )
     events = collect_group_events(
-        answer.conversation_id, lambda: run_generation(answer.pk, worker="test")
+        answer.conversation_id, lambda: run_next(UNSERVED_POOL, worker="test")
     )
     answer.refresh_from_db()
     assert answer.status == Message.Status.DONE, answer.error
@@ -71,7 +71,7 @@ def test_stop_flag_halts_generation_and_keeps_partial_text(alice, gemma):
     )
     stop_flags.request_stop(answer.pk, attempt=1)  # the attempt the worker is about to make
     started = time.monotonic()
-    run_generation(answer.pk, worker="test")
+    run_next(UNSERVED_POOL, worker="test")
     answer.refresh_from_db()
     assert answer.status == Message.Status.STOPPED
     assert answer.error == "Stopped by the user."
@@ -88,7 +88,7 @@ def test_missing_gguf_fails_fast_with_reason_and_keeps_question(alice, gemma, tm
         user=alice, conversation_id=None, text="hello?", model_id=gemma.pk
     )
     started = time.monotonic()
-    run_generation(answer.pk, worker="test")
+    run_next(UNSERVED_POOL, worker="test")
     assert time.monotonic() - started < 5
     answer.refresh_from_db()
     assert answer.status == Message.Status.FAILED
@@ -108,7 +108,7 @@ def test_ollama_model_streams_through_the_same_path(alice):
         _, _, answer = services.send_message(
             user=alice, conversation_id=None, text="hi", model_id=model.pk
         )
-        run_generation(answer.pk, worker="test")
+        run_next(UNSERVED_POOL, worker="test")
     answer.refresh_from_db()
     assert answer.status == Message.Status.DONE, answer.error
     assert answer.content == "Hello from Ollama."
@@ -127,7 +127,7 @@ def test_unknown_ollama_model_and_unreachable_server_fail_with_clear_reasons(ali
         _, _, answer = services.send_message(
             user=alice, conversation_id=None, text="hi", model_id=missing.pk
         )
-        run_generation(answer.pk, worker="test")
+        run_next(UNSERVED_POOL, worker="test")
     answer.refresh_from_db()
     assert answer.status == Message.Status.FAILED and "missing:7b" in answer.error
 
@@ -144,7 +144,7 @@ def test_unknown_ollama_model_and_unreachable_server_fail_with_clear_reasons(ali
         user=alice, conversation_id=None, text="hi", model_id=down.pk
     )
     started = time.monotonic()
-    run_generation(answer.pk, worker="test")
+    run_next(UNSERVED_POOL, worker="test")
     assert time.monotonic() - started < 5
     answer.refresh_from_db()
     assert answer.status == Message.Status.FAILED and "unreachable" in answer.error

@@ -23,9 +23,10 @@ def broker() -> redis.Redis:
     client.delete("gpu")
 
 
-def queued_job_ids(broker: redis.Redis, queue: str) -> list[str]:
-    """Task ids of the jobs waiting in a Celery queue (a Redis list, newest first)."""
-    return [json.loads(raw)["headers"]["id"] for raw in broker.lrange(queue, 0, -1)]
+def queued_wakeups(broker: redis.Redis, queue: str) -> list[tuple[str, str]]:
+    """(task, args) of the messages waiting in a Celery queue (a Redis list)."""
+    headers = [json.loads(raw)["headers"] for raw in broker.lrange(queue, 0, -1)]
+    return [(h["task"], h["argsrepr"]) for h in headers]
 
 
 def test_send_saves_question_and_queued_answer_then_enqueues_after_commit(
@@ -41,8 +42,8 @@ def test_send_saves_question_and_queued_answer_then_enqueues_after_commit(
     assert conversation.title == "Hello there" and conversation.owner == alice
     for callback in callbacks:
         callback()
-    # The job waits in the queue of the model's pool (gpu here), keyed by the answer id.
-    assert queued_job_ids(broker, "gpu") == [f"answer-{answer.pk}"]
+    # A wake-up for one worker of the model's pool (gpu here); the job is the database row.
+    assert queued_wakeups(broker, "gpu") == [("corral.run_next_answer", "['gpu']")]
     assert broker.llen("cpu") == 0
 
 
@@ -104,9 +105,9 @@ def test_stop_of_a_queued_answer_removes_it_from_the_run(alice, gemma):
     services.stop_answer(user=alice, message_id=answer.pk)
     answer.refresh_from_db()
     assert answer.status == Message.Status.STOPPED
-    from webui.chat.generation import run_generation
+    from webui.chat.generation import run_next
 
-    assert run_generation(answer.pk, worker="test") is None  # a redelivered job is dropped
+    assert run_next(gemma.pool, worker="test") is None  # its wake-up finds nothing to run
     answer.refresh_from_db()
     assert answer.status == Message.Status.STOPPED
 

@@ -7,6 +7,7 @@ Protocol (JSON):
   server -> {"type": "snapshot", "conversation": {...}, "messages": [...]}
             {"type": "delta", "message": id, "seq": n, "offset": chars, "text": str}
             {"type": "message", "message": {...}}  # a message's full state
+            {"type": "queue", "message": id, "pool", "position", "eta_s"}
             {"type": "error", "message": str, "text": str}
 """
 
@@ -76,6 +77,8 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         elif kind == "stop":
             await self._stop(content)
         elif kind == "sync":
+            # Re-join first: a restarted Redis forgot the group, and joining is idempotent.
+            await self.channel_layer.group_add(self.group, self.channel_name)
             await self.send_snapshot()
 
     async def _send_message(self, content: dict[str, Any]) -> None:
@@ -127,6 +130,9 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
                 "text": event["text"],
             }
         )
+
+    async def message_queue(self, event: dict[str, Any]) -> None:
+        await self.send_json({**event, "type": "queue"})
 
     async def message_state(self, event: dict[str, Any]) -> None:
         await self.send_json({"type": "message", "message": event["message"]})

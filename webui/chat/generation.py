@@ -23,15 +23,19 @@ from inference import (
     GenerationRequest,
     ModelSpec,
     SamplingOptions,
-    TextChunk,
     get_backend,
 )
 from webui import config
+from webui.chat import jobs
 from webui.chat.models import LanguageModel, Message
 from webui.chat.services import publish_message
 from workers import publish, stop_flags
 
 logger = logging.getLogger("corral.generation")
+
+
+class LostOwnership(Exception):
+    """The answer was re-queued or failed by a reaper while this worker ran it."""
 
 
 def model_spec(model: LanguageModel) -> ModelSpec:
@@ -61,6 +65,8 @@ def build_request(answer: Message) -> GenerationRequest:
         options = SamplingOptions(**answer.model.parameters)
     except ValidationError as exc:
         raise BackendError(f"The model's default parameters are invalid: {exc}") from exc
+    if options.max_tokens > config.MAX_TOKENS_PER_ANSWER:
+        options = options.model_copy(update={"max_tokens": config.MAX_TOKENS_PER_ANSWER})
     return GenerationRequest(model=model_spec(answer.model), messages=history, options=options)
 
 
@@ -107,37 +113,31 @@ class AnswerStream:
 
     def checkpoint(self) -> None:
         # Text and seq move together: a reconnecting client adds the deltas after seq.
-        Message.objects.filter(pk=self.answer.pk, status=Message.Status.RUNNING).update(
-            content=self.text[: self.flushed_chars], seq=self.seq
+        saved = Message.objects.filter(jobs.still_ours(self.answer)).update(
+            content=self.text[: self.flushed_chars], seq=self.seq, heartbeat_at=timezone.now()
         )
         self._last_checkpoint = time.monotonic()
+        if not saved:
+            raise LostOwnership
 
 
-def claim(message_id: int, worker: str) -> Message | None:
-    """Move a queued answer to running; None if it was stopped or already taken."""
-    claimed = Message.objects.filter(pk=message_id, status=Message.Status.QUEUED).update(
-        status=Message.Status.RUNNING,
-        started_at=timezone.now(),
-        worker=worker,
-        attempts=F("attempts") + 1,
-    )
-    if not claimed:
-        return None
-    answer = Message.objects.select_related("model", "conversation").get(pk=message_id)
-    publish.reset_replay(answer.pk, answer.attempts)
-    return answer
-
-
-def run_generation(message_id: int, worker: str) -> Message | None:
-    """Generate the answer ``message_id``, streaming deltas, and save the outcome."""
-    answer = claim(message_id, worker)
+def run_next(pool: str, worker: str) -> Message | None:
+    """Claim the fairest queued answer of ``pool`` and generate it; None if none waits."""
+    answer = jobs.claim_next(pool, worker)
     if answer is None:
-        logger.info("answer %s is not queued any more; skipping", message_id)
         return None
+    transaction.on_commit(lambda: jobs.publish_queue(pool))  # everyone behind moved up
+    with jobs.Heartbeat(answer):
+        return generate(answer)
+
+
+def generate(answer: Message) -> Message:
+    """Stream a claimed answer, then save the outcome."""
     publish_message(answer)
     stream = AnswerStream(answer)
     finished: Finished | None = None
     status, error = Message.Status.DONE, ""
+    deadline = time.monotonic() + config.MAX_GENERATION_S
     try:
         if answer.model is None:
             raise BackendError("The model of this answer was deleted.")
@@ -145,20 +145,28 @@ def run_generation(message_id: int, worker: str) -> Message | None:
         items = get_backend(answer.model.backend).stream(request)
         try:
             for item in items:
-                if isinstance(item, TextChunk):
-                    if stream.add(item.text):
-                        stream.flush()
-                        if stop_flags.stop_requested(answer.pk, answer.attempts):
-                            status, error = Message.Status.STOPPED, "Stopped by the user."
-                            break
-                elif isinstance(item, Finished):
+                if isinstance(item, Finished):
                     finished = item
+                elif stream.add(item.text):
+                    stream.flush()
+                    if stop_flags.stop_requested(answer.pk, answer.attempts):
+                        status, error = Message.Status.STOPPED, "Stopped by the user."
+                        break
+                    if time.monotonic() > deadline:
+                        status = Message.Status.STOPPED
+                        error = f"Stopped at the time limit of {config.MAX_GENERATION_S:g} s."
+                        break
         finally:
             items.close()  # closes the upstream stream (llama.cpp loop or HTTP response)
+    except LostOwnership:
+        logger.warning(
+            "answer %s was taken from this worker; dropping attempt %s", answer.pk, answer.attempts
+        )
+        return answer
     except BackendError as exc:
         status, error = Message.Status.FAILED, str(exc)
     except Exception as exc:
-        logger.exception("answer %s failed", message_id)
+        logger.exception("answer %s failed", answer.pk)
         status, error = Message.Status.FAILED, f"Internal error: {type(exc).__name__}: {exc}"
     stream.flush()
     return _save_outcome(stream, finished, status, error)
@@ -169,28 +177,35 @@ def _save_outcome(
 ) -> Message:
     answer = stream.answer
     now = timezone.now()
-    answer.content = stream.text
-    answer.seq = stream.seq
-    answer.status = status
-    answer.error = error
-    answer.finished_at = now
+    fields = {
+        "content": stream.text,
+        "seq": stream.seq,
+        "status": status,
+        "error": error,
+        "finished_at": now,
+    }
     if status == Message.Status.DONE and finished and finished.reason == "length":
-        answer.error = "Stopped at the maximum number of tokens."
+        fields["error"] = "Stopped at the maximum number of tokens."
     if finished is not None:
-        answer.prompt_tokens = finished.usage.prompt_tokens
-        answer.completion_tokens = finished.usage.completion_tokens
+        fields["prompt_tokens"] = finished.usage.prompt_tokens
+        fields["completion_tokens"] = finished.usage.completion_tokens
     elif stream.chunks:  # stopped or failed mid-stream: a chunk is about one token
-        answer.completion_tokens = stream.chunks
+        fields["completion_tokens"] = stream.chunks
     if stream.first_token_at is not None:
-        answer.time_to_first_token_ms = int(
+        fields["time_to_first_token_ms"] = int(
             (stream.first_token_at - answer.created_at).total_seconds() * 1000
         )
         generating_s = (now - stream.first_token_at).total_seconds()
-        if answer.completion_tokens and answer.completion_tokens > 1 and generating_s > 0:
-            answer.tokens_per_second = round((answer.completion_tokens - 1) / generating_s, 2)
+        tokens = fields.get("completion_tokens") or 0
+        if tokens > 1 and generating_s > 0:
+            fields["tokens_per_second"] = round((tokens - 1) / generating_s, 2)
     with transaction.atomic():
-        answer.save()
-        publish_message(answer)
+        saved = Message.objects.filter(jobs.still_ours(answer)).update(
+            **fields, version=F("version") + 1
+        )
+        answer.refresh_from_db()
+        if saved:
+            publish_message(answer)
     stop_flags.clear(answer.pk, answer.attempts)
     publish.flush(timeout=2)  # a pool child may exit after this job: send what is queued
     return answer

@@ -84,6 +84,10 @@ class Message(models.Model):
     seq = models.PositiveIntegerField(default=0)
     # How many times a worker claimed this answer; stream keys are scoped to the attempt.
     attempts = models.PositiveSmallIntegerField(default=0)
+    # Bumped by every state change; clients drop state events older than what they have.
+    version = models.PositiveIntegerField(default=0)
+    # Written every few seconds by the worker running the answer; a stale one means lost.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
     time_to_first_token_ms = models.PositiveIntegerField(null=True, blank=True)

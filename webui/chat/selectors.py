@@ -43,6 +43,7 @@ def message_payload(message: Message) -> dict[str, Any]:
         "error": message.error,
         "seq": message.seq,
         "attempt": message.attempts,
+        "version": message.version,
         "model": message.model.name if message.model_id and message.model else None,
         "prompt_tokens": message.prompt_tokens,
         "completion_tokens": message.completion_tokens,
@@ -52,9 +53,19 @@ def message_payload(message: Message) -> dict[str, Any]:
 
 
 def conversation_snapshot(conversation: Conversation) -> dict[str, Any]:
-    messages = conversation.messages.select_related("model").all()
+    from webui.chat import jobs
+
+    messages = list(conversation.messages.select_related("model").all())
+    payloads = [message_payload(message) for message in messages]
+    pools = {m.model.pool for m in messages if m.status == Message.Status.QUEUED and m.model}
+    places: dict[int, dict[str, Any]] = {}
+    for pool in pools:
+        places.update(jobs.queue_positions(pool))
+    for payload in payloads:
+        if payload["id"] in places:
+            payload["queue"] = places[payload["id"]]
     return {
         "type": "snapshot",
         "conversation": {"id": conversation.pk, "title": str(conversation)},
-        "messages": [message_payload(message) for message in messages],
+        "messages": payloads,
     }

@@ -5,15 +5,16 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
-from webui.chat import selectors
+from webui.chat import jobs, selectors
 from webui.chat.models import Conversation, LanguageModel, Message
 from workers import publish, stop_flags
-from workers.queues import queue_for_pool
 
 logger = logging.getLogger("corral.chat")
 
@@ -50,17 +51,44 @@ def publish_message(message: Message) -> None:
     )
 
 
+def _admit(user: AbstractBaseUser, model: LanguageModel | None) -> None:
+    """Refuse, before anything is saved, what would exceed a user's or a pool's limit."""
+    # Serializes one user's sends, so two tabs cannot both slip under the limit.
+    get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+    limit = settings.CORRAL["MAX_ACTIVE_PER_USER"]
+    active = Message.objects.filter(
+        conversation__owner=user, role=Message.Role.ASSISTANT, status__in=Message.ACTIVE
+    ).count()
+    if active >= limit:
+        raise ValidationError(
+            f"You already have {active} answers in progress (the limit is {limit}). "
+            "Wait for one to finish or stop it; your message is still in the box.",
+            code="user_limit",
+        )
+    if model is None:
+        return
+    cap = settings.CORRAL["MAX_QUEUED_PER_POOL"]
+    waiting = Message.objects.filter(model__pool=model.pool, status=Message.Status.QUEUED)
+    if waiting.count() >= cap:
+        raise ValidationError(
+            f"The {model.pool} queue is full ({cap} answers waiting). Try again in a minute; "
+            "your message is still in the box.",
+            code="pool_full",
+        )
+
+
 def send_message(
     *, user: AbstractBaseUser, conversation_id: int | None, text: str, model_id: int | None
 ) -> tuple[Conversation, Message, Message]:
-    """Save the user's message and a queued answer, then queue the answer's job.
+    """Save the user's message and a queued answer, then wake a worker of its pool.
 
-    Raises ValidationError for bad input before anything is saved, so the caller can
-    give the text back. Once saved, every later failure ends up in the answer.
+    Raises ValidationError for bad input or a hit limit before anything is saved, so the
+    caller can give the text back. Once saved, every later failure ends up in the answer.
     """
     _validate_text(text)
     model = _pick_model(model_id)
     with transaction.atomic():
+        _admit(user, model)
         if conversation_id is None:
             conversation = Conversation.objects.create(owner=user, model=model)
         else:
@@ -84,43 +112,22 @@ def send_message(
             _finish(
                 answer, Message.Status.FAILED, "No model is available: ask an admin to add one."
             )
-        # Published before the job is queued (on_commit keeps this order), so a fast
+        # Published before the worker is woken (on_commit keeps this order), so a fast
         # worker's "running" never arrives before this "queued".
         publish_message(question)
         publish_message(answer)
         if model is not None:
-            transaction.on_commit(lambda: _enqueue(answer, model.pool))
+            jobs.wake(model.pool)
+            transaction.on_commit(lambda: jobs.publish_queue(model.pool))
     return conversation, question, answer
-
-
-def _enqueue(answer: Message, pool: str) -> None:
-    from workers.celery_app import app  # the web process only needs it to send
-
-    try:
-        app.send_task(
-            "corral.generate_answer",
-            args=[answer.pk],
-            queue=queue_for_pool(pool),
-            task_id=f"answer-{answer.pk}",
-        )
-    except Exception as exc:  # the broker is down: say so in the answer, keep the question
-        logger.exception("could not queue answer %s", answer.pk)
-        with transaction.atomic():
-            updated = Message.objects.filter(pk=answer.pk, status=Message.Status.QUEUED).update(
-                status=Message.Status.FAILED,
-                error=f"Could not queue the answer: {exc}",
-                finished_at=timezone.now(),
-            )
-            if updated:
-                answer.refresh_from_db()
-                publish_message(answer)
 
 
 def _finish(answer: Message, status: str, error: str = "") -> None:
     answer.status = status
     answer.error = error
     answer.finished_at = timezone.now()
-    answer.save(update_fields=["status", "error", "finished_at"])
+    answer.version += 1
+    answer.save(update_fields=["status", "error", "finished_at", "version"])
 
 
 def stop_answer(*, user: AbstractBaseUser, message_id: int) -> Message:
@@ -135,10 +142,13 @@ def stop_answer(*, user: AbstractBaseUser, message_id: int) -> Message:
             status=Message.Status.STOPPED,
             error="Stopped before it started.",
             finished_at=timezone.now(),
+            version=F("version") + 1,
         )
         if stopped_in_queue:
             answer.refresh_from_db()
             publish_message(answer)
+            if answer.model is not None:
+                transaction.on_commit(lambda: jobs.publish_queue(answer.model.pool))
             return answer
     answer.refresh_from_db()
     if answer.status == Message.Status.RUNNING:

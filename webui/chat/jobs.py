@@ -1,0 +1,278 @@
+"""Answers as durable jobs.
+
+The assistant message row *is* the job: status (queued → running → done | failed |
+stopped), attempts, the worker holding it, a heartbeat, and the text so far. Celery
+messages only wake a worker of a pool up ("run the next job of pool X"); the worker then
+claims the fairest queued job from the database. So a lost, duplicated or redelivered
+Celery message can never lose an answer or make a second one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import close_old_connections, connection, transaction
+from django.db.models import Avg, F, Max, Q
+from django.utils import timezone
+
+from webui import config
+from webui.chat.models import Message
+from workers import publish
+from workers.queues import queue_for_pool
+
+logger = logging.getLogger("corral.jobs")
+
+WORKER_LOST = "Worker lost: the worker running this answer stopped responding."
+
+
+def _queued_in(pool: str) -> list[Message]:
+    return list(
+        Message.objects.filter(
+            role=Message.Role.ASSISTANT, status=Message.Status.QUEUED, model__pool=pool
+        )
+        .select_related("conversation")
+        .order_by("created_at", "pk")
+    )
+
+
+def fair_order(queued: list[Message], last_start: dict[int, datetime]) -> list[Message]:
+    """Round-robin across users: everyone's first waiting job, then everyone's second…;
+    within a round, the user who was served longest ago goes first."""
+    nth: dict[int, int] = defaultdict(int)
+    keyed = []
+    for message in queued:  # oldest first
+        owner = message.conversation.owner_id
+        served = last_start.get(owner)
+        keyed.append(
+            (
+                (
+                    nth[owner],
+                    served is not None,
+                    served or message.created_at,
+                    message.created_at,
+                    message.pk,
+                ),
+                message,
+            )
+        )
+        nth[owner] += 1
+    return [message for _, message in sorted(keyed, key=lambda pair: pair[0])]
+
+
+def queue_of(pool: str) -> list[Message]:
+    """The pool's queued answers in the order workers will take them."""
+    queued = _queued_in(pool)
+    owners = {m.conversation.owner_id for m in queued}
+    rows = (
+        Message.objects.filter(
+            conversation__owner_id__in=owners, model__pool=pool, started_at__isnull=False
+        )
+        .values("conversation__owner_id")
+        .annotate(last=Max("started_at"))
+    )
+    return fair_order(queued, {row["conversation__owner_id"]: row["last"] for row in rows})
+
+
+def expected_answer_seconds(pool: str) -> float | None:
+    """From the last answers of the pool: their length over their measured tokens/s."""
+    recent = Message.objects.filter(
+        model__pool=pool, status=Message.Status.DONE, tokens_per_second__gt=0
+    ).order_by("-finished_at")[:20]
+    stats = Message.objects.filter(pk__in=list(recent.values_list("pk", flat=True))).aggregate(
+        tokens=Avg("completion_tokens"), rate=Avg("tokens_per_second")
+    )
+    if not stats["tokens"] or not stats["rate"]:
+        return None
+    return stats["tokens"] / stats["rate"]
+
+
+def _places(pool: str) -> list[tuple[Message, dict[str, Any]]]:
+    order = queue_of(pool)
+    if not order:
+        return []
+    per_answer = expected_answer_seconds(pool)
+    slots = max(1, Message.objects.filter(status=Message.Status.RUNNING, model__pool=pool).count())
+    return [
+        (
+            message,
+            {
+                "pool": pool,
+                "position": index,
+                "eta_s": round(index * per_answer / slots) if per_answer else None,
+            },
+        )
+        for index, message in enumerate(order, start=1)
+    ]
+
+
+def queue_positions(pool: str) -> dict[int, dict[str, Any]]:
+    """Position (1 = next) and an ETA in seconds for every queued answer of the pool."""
+    return {message.pk: place for message, place in _places(pool)}
+
+
+def publish_queue(pool: str) -> None:
+    """Tell every waiting answer of the pool its new place (after commit)."""
+    for message, place in _places(pool):
+        publish.publish_event(
+            message.conversation_id, {"type": "message.queue", "message": message.pk, **place}
+        )
+
+
+def wake(pool: str) -> None:
+    """Ask one worker of the pool to run the next job (after commit)."""
+
+    def send() -> None:
+        from workers.celery_app import app  # the web process only needs it to send
+
+        try:
+            app.send_task("corral.run_next_answer", args=[pool], queue=queue_for_pool(pool))
+        except Exception:  # broker down: the answer stays queued; the reaper wakes it later
+            logger.warning("could not wake a %s worker", pool, exc_info=True)
+
+    transaction.on_commit(send)
+
+
+def claim_next(pool: str, worker: str) -> Message | None:
+    """Take the fairest queued answer of the pool, or None when nothing waits."""
+    for candidate in queue_of(pool):
+        now = timezone.now()
+        claimed = Message.objects.filter(pk=candidate.pk, status=Message.Status.QUEUED).update(
+            status=Message.Status.RUNNING,
+            started_at=now,
+            heartbeat_at=now,
+            worker=worker,
+            attempts=F("attempts") + 1,
+            version=F("version") + 1,
+        )
+        if claimed:  # else another worker took it first: try the next one
+            answer = Message.objects.select_related("model", "conversation").get(pk=candidate.pk)
+            publish.reset_replay(answer.pk, answer.attempts)
+            return answer
+    return None
+
+
+def still_ours(answer: Message) -> Q:
+    """Rows this attempt may still write: a reaper may have re-queued or failed it."""
+    return Q(pk=answer.pk, status=Message.Status.RUNNING, attempts=answer.attempts)
+
+
+class Heartbeat:
+    """Beats for one running answer from a thread, so long prompt evaluations and slow
+    upstream servers do not look like a lost worker."""
+
+    def __init__(self, answer: Message) -> None:
+        self.answer = answer
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="corral-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(config.HEARTBEAT_INTERVAL_S):
+                Message.objects.filter(still_ours(self.answer)).update(heartbeat_at=timezone.now())
+        except Exception:
+            logger.warning("heartbeat of answer %s failed", self.answer.pk, exc_info=True)
+        finally:
+            connection.close()  # this thread's own connection
+
+
+def reap_stale(now: datetime | None = None) -> list[int]:
+    """Re-queue (once) or fail running answers whose worker stopped beating.
+
+    Safe to run from several processes at once: each change is a conditional update on
+    the attempt that went stale.
+    """
+    now = now or timezone.now()
+    limit = now - timedelta(seconds=config.HEARTBEAT_STALE_S)
+    stale = (
+        Message.objects.filter(status=Message.Status.RUNNING)
+        .filter(Q(heartbeat_at__lt=limit) | Q(heartbeat_at__isnull=True, started_at__lt=limit))
+        .select_related("model")
+    )
+    reaped = []
+    for answer in stale:
+        with transaction.atomic():
+            same_attempt = Message.objects.filter(
+                pk=answer.pk,
+                status=Message.Status.RUNNING,
+                attempts=answer.attempts,
+                heartbeat_at=answer.heartbeat_at,
+            )
+            if answer.attempts < config.MAX_ATTEMPTS and answer.model is not None:
+                # The partial text is dropped: the next attempt writes the answer anew.
+                changed = same_attempt.update(
+                    status=Message.Status.QUEUED,
+                    content="",
+                    seq=0,
+                    worker="",
+                    error="",
+                    heartbeat_at=None,
+                    version=F("version") + 1,
+                )
+                if changed:
+                    wake(answer.model.pool)
+            else:
+                changed = same_attempt.update(
+                    status=Message.Status.FAILED,
+                    error=WORKER_LOST,
+                    finished_at=now,
+                    version=F("version") + 1,
+                )
+            if changed:
+                reaped.append(answer.pk)
+                answer.refresh_from_db()
+                from webui.chat.services import publish_message
+
+                publish_message(answer)
+                if answer.model is not None:
+                    transaction.on_commit(lambda pool=answer.model.pool: publish_queue(pool))
+        if changed:
+            logger.warning(
+                "answer %s: worker %s lost (attempt %s) -> %s",
+                answer.pk,
+                answer.worker,
+                answer.attempts,
+                answer.status,
+            )
+    return reaped
+
+
+def wake_forgotten_queues(now: datetime | None = None) -> list[str]:
+    """Wake pools whose queued answers have waited with nothing running: their wake-up
+    message was lost (Redis restarted without persistence, broker down at send time)."""
+    now = now or timezone.now()
+    limit = now - timedelta(seconds=config.HEARTBEAT_STALE_S)
+    pools = set(
+        Message.objects.filter(status=Message.Status.QUEUED, created_at__lt=limit)
+        .exclude(model=None)
+        .values_list("model__pool", flat=True)
+    )
+    busy = set(
+        Message.objects.filter(status=Message.Status.RUNNING).values_list("model__pool", flat=True)
+    )
+    for pool in sorted(pools - busy):
+        wake(pool)
+    return sorted(pools - busy)
+
+
+def run_reaper_forever(stop: threading.Event) -> None:
+    """Body of the reaper thread in every worker's main process and in `make run`."""
+    while not stop.wait(config.REAP_INTERVAL_S):
+        try:
+            close_old_connections()
+            reap_stale()
+            wake_forgotten_queues()
+        except Exception:
+            logger.warning("reaper pass failed", exc_info=True)
+    connection.close()
