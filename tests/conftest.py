@@ -106,10 +106,13 @@ class Worker:
     log: Path
 
 
-def start_worker(env: dict[str, str], log: Path, queues: str = "cpu") -> Worker:
-    from workers.celery_app import app
+def start_worker(env: dict[str, str], log: Path, queues: str = "cpu", label: str = "") -> Worker:
+    from celery import Celery
 
-    name = f"test-{queues}-{time.monotonic_ns()}@%h"
+    from workers.celery_app import broker_url
+
+    app = Celery(broker=broker_url(env["REDIS_URL"]))  # ping through the worker's own broker
+    name = f"test-{label or queues}-{time.monotonic_ns()}@%h"
     process = _start(processes.worker_argv(queues.split(","), 1, name), env, log)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

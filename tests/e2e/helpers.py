@@ -1,4 +1,4 @@
-"""A small websocket client for end-to-end tests against the real ASGI server."""
+"""A websocket client for end-to-end tests, reconciling the stream as the browser does."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 from django.conf import settings
 from django.test import Client
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 
@@ -18,27 +19,50 @@ def login_cookie(user) -> str:
     return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
 
 
+ACTIVE = ("queued", "running")
+
+
 @dataclass
 class ChatClient:
-    """Assembles answers the way the browser does: snapshot, then deltas by offset."""
+    """Snapshot, then deltas that must line up (offset and seq); state events by version.
 
-    connection: ClientConnection
+    With ``resilient=True`` it also does what chat.js does when things go wrong: reconnect
+    when the socket drops, and ask for a snapshot on a gap or after a quiet spell.
+    """
+
+    ws_url: str
+    origin: str
+    cookie: str
+    connection: ClientConnection | None = None
     messages: dict[int, dict[str, Any]] = field(default_factory=dict)
     deltas: list[dict[str, Any]] = field(default_factory=list)
+    queue_events: list[dict[str, Any]] = field(default_factory=list)
     gaps: int = 0
+    reconnects: int = 0
+    resilient: bool = False
 
     @classmethod
-    def open(cls, base_url: str, conversation_id: int, user, cookie: str = "") -> ChatClient:
-        ws_url = base_url.replace("http://", "ws://") + f"/ws/conversations/{conversation_id}/"
-        connection = connect(
-            ws_url,
+    def open(
+        cls, base_url: str, conversation_id: int, user, cookie: str = "", resilient: bool = False
+    ) -> ChatClient:
+        client = cls(
+            ws_url=base_url.replace("http://", "ws://") + f"/ws/conversations/{conversation_id}/",
             origin=base_url,
-            additional_headers={"Cookie": cookie or login_cookie(user)},
+            cookie=cookie or login_cookie(user),
+            resilient=resilient,
+        )
+        client.connect()
+        return client
+
+    def connect(self) -> None:
+        connection = connect(
+            self.ws_url,
+            origin=self.origin,
+            additional_headers={"Cookie": self.cookie},
             open_timeout=10,
         )
-        client = cls(connection.__enter__())  # closed by close() / the with block
-        client.receive()  # the snapshot
-        return client
+        self.connection = connection.__enter__()  # closed by close() / the with block
+        self.receive()  # the snapshot
 
     def __enter__(self) -> ChatClient:
         return self
@@ -47,26 +71,55 @@ class ChatClient:
         self.close()
 
     def send(self, payload: dict[str, Any]) -> None:
+        assert self.connection is not None
         self.connection.send(json.dumps(payload))
 
     def receive(self, timeout: float = 10) -> dict[str, Any]:
+        assert self.connection is not None
         event = json.loads(self.connection.recv(timeout=timeout))
-        if event["type"] == "snapshot":
-            self.messages = {m["id"]: m for m in event["messages"]}
-        elif event["type"] == "message":
-            self.messages[event["message"]["id"]] = event["message"]
-        elif event["type"] == "delta":
+        kind = event["type"]
+        if kind == "snapshot":
+            fresh = {m["id"]: m for m in event["messages"]}
+            for message_id, message in fresh.items():
+                known = self.messages.get(message_id)
+                if (
+                    known
+                    and message["status"] in ACTIVE
+                    and known["attempt"] == message["attempt"]
+                    and known["seq"] > message["seq"]
+                    and known["content"].startswith(message["content"])
+                ):
+                    message["content"], message["seq"] = known["content"], known["seq"]
+            self.messages = fresh
+        elif kind == "message":
+            message = event["message"]
+            known = self.messages.get(message["id"])
+            if not known or message["version"] >= known["version"]:
+                self.messages[message["id"]] = message
+        elif kind == "queue":
+            self.queue_events.append(event)
+        elif kind == "delta":
             self.deltas.append(event)
-            message = self.messages[event["message"]]
-            in_step = (
-                event["offset"] == len(message["content"]) and event["seq"] == message["seq"] + 1
-            )
-            if event["attempt"] == message["attempt"] and in_step:
+            message = self.messages.get(event["message"])
+            if message is None:
+                self._gap()
+            elif event["seq"] <= message["seq"] and event["attempt"] == message["attempt"]:
+                pass  # already have it
+            elif (
+                event["attempt"] == message["attempt"]
+                and event["offset"] == len(message["content"])
+                and event["seq"] == message["seq"] + 1
+            ):
                 message["content"] += event["text"]
                 message["seq"] = event["seq"]
-            elif event["seq"] > message["seq"]:
-                self.gaps += 1
+            else:
+                self._gap()
         return event
+
+    def _gap(self) -> None:
+        self.gaps += 1
+        if self.resilient:
+            self.send({"type": "sync"})
 
     def wait_until(self, predicate, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -75,12 +128,27 @@ class ChatClient:
             if remaining <= 0:
                 raise TimeoutError(f"condition not met; messages={self.messages}")
             try:
-                self.receive(timeout=min(remaining, 5))
+                self.receive(timeout=min(remaining, 3))
             except TimeoutError:
-                continue
+                if self.resilient:  # quiet while something is active: ask the database
+                    self.send({"type": "sync"})
+            except (ConnectionClosed, OSError):
+                if not self.resilient:
+                    raise
+                self._reconnect(deadline)
+
+    def _reconnect(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            try:
+                self.connect()
+                self.reconnects += 1
+                return
+            except (ConnectionClosed, OSError, TimeoutError):
+                time.sleep(0.3)
 
     def answer(self) -> dict[str, Any]:
         return [m for m in self.messages.values() if m["role"] == "assistant"][-1]
 
     def close(self) -> None:
-        self.connection.close()
+        if self.connection is not None:
+            self.connection.close()

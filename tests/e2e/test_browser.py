@@ -133,3 +133,59 @@ def test_empty_and_refused_messages_keep_the_text(page, alice, gemma, worker, we
     page.get_by_role("button", name="Send").click()
     assert page.get_by_role("alert").inner_text() == "Type a message before sending."
     assert page.locator('[data-role="user"]').count() == 0
+
+
+def test_page_reconnects_by_itself_when_the_web_server_restarts(
+    page, alice, gemma, worker, stack_env, tmp_path
+):
+    from tests.conftest import _start, _stop, free_port
+    from webui.chat.models import Message
+    from webui.run import processes
+
+    gemma.parameters = {**gemma.parameters, "max_tokens": 300}
+    gemma.save()
+    port = free_port()
+
+    def start_web():
+        web = _start(processes.web_argv("127.0.0.1", port), stack_env, tmp_path / "web.log")
+        processes.wait_for_port("127.0.0.1", port, alive={"web": web})
+        return web
+
+    web = start_web()
+    try:
+        page.goto(f"http://127.0.0.1:{port}/login/")
+        page.get_by_label("Username").fill("alice")
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        page.get_by_label("Message").fill("Tell me a long story about a lighthouse.")
+        page.get_by_role("button", name="Send").click()
+        answer = page.locator('[data-role="assistant"]').last
+        page.wait_for_function(
+            """() => { const el = [...document.querySelectorAll('[data-role="assistant"]')].pop();
+                       return el && el.querySelector('.content').textContent.length > 20; }""",
+            timeout=60_000,
+        )
+        _stop(web)  # mid-answer: the socket drops
+        page.wait_for_function(
+            "() => document.getElementById('chat').dataset.connected === 'false'", timeout=10_000
+        )
+        web = start_web()
+        page.wait_for_function(
+            """() => { const el = [...document.querySelectorAll('[data-role="assistant"]')].pop();
+                       return el && !el.hasAttribute('aria-busy'); }""",
+            timeout=90_000,
+        )
+        saved = Message.objects.filter(role="assistant").get()
+        assert saved.status == Message.Status.DONE
+        assert answer.get_attribute("data-status") == "done"
+        # The page shows exactly the saved answer: render the saved text the same way.
+        expected = page.evaluate(
+            """(text) => { const div = document.createElement('div');
+                           div.innerHTML = DOMPurify.sanitize(marked.parse(text));
+                           return div.textContent; }""",
+            saved.content,
+        )
+        assert answer.locator(".content").evaluate("el => el.textContent") == expected
+        assert page.evaluate("document.getElementById('chat').dataset.connected") == "true"
+    finally:
+        _stop(web)

@@ -158,18 +158,27 @@ def generate(answer: Message) -> Message:
                         break
         finally:
             items.close()  # closes the upstream stream (llama.cpp loop or HTTP response)
+        stream.flush()
     except LostOwnership:
-        logger.warning(
-            "answer %s was taken from this worker; dropping attempt %s", answer.pk, answer.attempts
-        )
-        return answer
+        return _drop_attempt(answer)
     except BackendError as exc:
         status, error = Message.Status.FAILED, str(exc)
     except Exception as exc:
         logger.exception("answer %s failed", answer.pk)
         status, error = Message.Status.FAILED, f"Internal error: {type(exc).__name__}: {exc}"
-    stream.flush()
+    try:
+        stream.flush()  # whatever the error left unsent
+    except LostOwnership:
+        return _drop_attempt(answer)
     return _save_outcome(stream, finished, status, error)
+
+
+def _drop_attempt(answer: Message) -> Message:
+    logger.warning(
+        "answer %s was taken from this worker; dropping attempt %s", answer.pk, answer.attempts
+    )
+    stop_flags.clear(answer.pk, answer.attempts)
+    return answer
 
 
 def _save_outcome(

@@ -202,6 +202,7 @@ def reap_stale(now: datetime | None = None) -> list[int]:
     )
     reaped = []
     for answer in stale:
+        lost_worker = answer.worker
         with transaction.atomic():
             same_attempt = Message.objects.filter(
                 pk=answer.pk,
@@ -241,7 +242,7 @@ def reap_stale(now: datetime | None = None) -> list[int]:
             logger.warning(
                 "answer %s: worker %s lost (attempt %s) -> %s",
                 answer.pk,
-                answer.worker,
+                lost_worker,
                 answer.attempts,
                 answer.status,
             )

@@ -1,0 +1,565 @@
+"""Answers as durable jobs: fair claiming, queue places, admission, the reaper, ownership,
+time and token limits, and the heartbeat thread. In-process, against the test database."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.test import override_settings
+from django.utils import timezone
+
+from inference import Finished, TextChunk, Usage
+from tests.chat.conftest import UNSERVED_POOL
+from webui import config
+from webui.chat import generation, jobs, services
+from webui.chat.models import Conversation, LanguageModel, Message
+
+pytestmark = pytest.mark.django_db
+
+
+def limits(active: int = 2, pool_cap: int = 100) -> dict[str, int]:
+    return {
+        "MAX_MESSAGE_CHARS": 32_000,
+        "MAX_ACTIVE_PER_USER": active,
+        "MAX_QUEUED_PER_POOL": pool_cap,
+    }
+
+
+def queued(user, model, created_at=None) -> Message:
+    """A queued answer of ``user`` in a conversation of its own, like send_message makes."""
+    conversation = Conversation.objects.create(owner=user, model=model)
+    answer = Message.objects.create(
+        conversation=conversation,
+        role=Message.Role.ASSISTANT,
+        model=model,
+        status=Message.Status.QUEUED,
+    )
+    if created_at is not None:
+        Message.objects.filter(pk=answer.pk).update(created_at=created_at)
+        answer.refresh_from_db()
+    return answer
+
+
+def served(user, model, started_at) -> Message:
+    """A finished answer of ``user`` that a worker started at ``started_at``."""
+    answer = queued(user, model, created_at=started_at - timedelta(seconds=1))
+    Message.objects.filter(pk=answer.pk).update(
+        status=Message.Status.DONE,
+        started_at=started_at,
+        finished_at=started_at + timedelta(seconds=5),
+        attempts=1,
+    )
+    return answer
+
+
+def running(answer: Message, *, heartbeat_age_s: float, attempts: int = 1, **fields) -> Message:
+    """Turn ``answer`` into a running row whose last heartbeat is ``heartbeat_age_s`` old."""
+    now = timezone.now()
+    values = {
+        "status": Message.Status.RUNNING,
+        "attempts": attempts,
+        "worker": "worker-1",
+        "started_at": now - timedelta(seconds=heartbeat_age_s + 1),
+        "heartbeat_at": now - timedelta(seconds=heartbeat_age_s),
+        "content": "The partial answer so far",
+        "seq": 3,
+        "version": 5,
+        **fields,
+    }
+    Message.objects.filter(pk=answer.pk).update(**values)
+    answer.refresh_from_db()
+    return answer
+
+
+@pytest.fixture
+def carol(django_user_model):
+    return django_user_model.objects.create_user("carol", password="x-unused-password-x")
+
+
+@pytest.fixture
+def cpu_model(db) -> LanguageModel:
+    """A second model in another pool; nothing here ever runs it."""
+    return LanguageModel.objects.create(
+        name="other-pool", backend="llama_cpp", target="/nonexistent.gguf", pool="cpu"
+    )
+
+
+# Fairness -----------------------------------------------------------------------------
+
+
+def test_a_newcomer_is_not_stuck_behind_a_user_with_many_queued_answers(alice, bob, gemma):
+    base = timezone.now() - timedelta(minutes=10)
+    alices = [queued(alice, gemma, base + timedelta(seconds=i)) for i in range(6)]
+    bobs = queued(bob, gemma, base + timedelta(seconds=30))  # queued after all of Alice's
+
+    order = [m.pk for m in jobs.queue_of(UNSERVED_POOL)]
+
+    assert bobs.pk in order[:2]
+    # Round-robin: everyone's first, then Alice's others, oldest first.
+    assert order == [alices[0].pk, bobs.pk] + [m.pk for m in alices[1:]]
+
+
+def test_the_user_served_least_recently_goes_first(alice, bob, carol, gemma):
+    now = timezone.now()
+    served(alice, gemma, started_at=now - timedelta(seconds=30))  # Alice was just served
+    base = now - timedelta(minutes=10)
+    alices = [queued(alice, gemma, base + timedelta(seconds=i)) for i in range(6)]
+    bobs = queued(bob, gemma, base + timedelta(seconds=30))  # Bob never was
+
+    order = [m.pk for m in jobs.queue_of(UNSERVED_POOL)]
+    assert order == [bobs.pk] + [m.pk for m in alices]
+
+    # Carol, served an hour ago, goes before Alice (served 30 s ago) but after Bob (never).
+    served(carol, gemma, started_at=now - timedelta(hours=1))
+    carols = queued(carol, gemma, base + timedelta(seconds=40))
+    order = [m.pk for m in jobs.queue_of(UNSERVED_POOL)]
+    assert order[:3] == [bobs.pk, carols.pk, alices[0].pk]
+
+
+def test_claim_next_takes_answers_in_fair_order_and_marks_them_running(alice, bob, gemma):
+    now = timezone.now()
+    served(alice, gemma, started_at=now - timedelta(seconds=30))
+    base = now - timedelta(minutes=10)
+    alices = [queued(alice, gemma, base + timedelta(seconds=i)) for i in range(3)]
+    bobs = queued(bob, gemma, base + timedelta(seconds=30))
+    expected = [m.pk for m in jobs.queue_of(UNSERVED_POOL)[:2]]
+    assert expected == [bobs.pk, alices[0].pk]
+
+    first = jobs.claim_next(UNSERVED_POOL, worker="host-a:1")
+    second = jobs.claim_next(UNSERVED_POOL, worker="host-b:2")
+
+    assert [first.pk, second.pk] == expected
+    for claimed, worker in ((first, "host-a:1"), (second, "host-b:2")):
+        row = Message.objects.get(pk=claimed.pk)
+        assert row.status == Message.Status.RUNNING
+        assert row.attempts == 1
+        assert row.version == 1
+        assert row.worker == worker
+        assert row.heartbeat_at is not None and row.started_at is not None
+        assert abs((timezone.now() - row.heartbeat_at).total_seconds()) < 5
+    # Alice's other answers are still waiting, oldest first.
+    assert [m.pk for m in jobs.queue_of(UNSERVED_POOL)] == [alices[1].pk, alices[2].pk]
+
+
+def test_claim_next_with_nothing_queued_returns_none_and_skips_other_pools(alice, gemma, cpu_model):
+    other = queued(alice, cpu_model)
+    assert jobs.claim_next(UNSERVED_POOL, worker="w") is None
+    assert Message.objects.get(pk=other.pk).status == Message.Status.QUEUED
+
+
+# Queue positions ----------------------------------------------------------------------
+
+
+def test_positions_count_from_one_in_fair_order_without_eta_when_there_is_no_history(
+    alice, bob, gemma, cpu_model
+):
+    base = timezone.now() - timedelta(minutes=5)
+    a1 = queued(alice, gemma, base)
+    a2 = queued(alice, gemma, base + timedelta(seconds=1))
+    b1 = queued(bob, gemma, base + timedelta(seconds=2))
+    elsewhere = queued(bob, cpu_model, base - timedelta(minutes=1))  # older, other pool
+
+    places = jobs.queue_positions(UNSERVED_POOL)
+
+    assert {pk: place["position"] for pk, place in places.items()} == {
+        a1.pk: 1,
+        b1.pk: 2,
+        a2.pk: 3,
+    }
+    assert elsewhere.pk not in places
+    assert all(place["pool"] == UNSERVED_POOL for place in places.values())
+    assert all(place["eta_s"] is None for place in places.values())
+    assert jobs.queue_positions("cpu")[elsewhere.pk]["position"] == 1
+
+
+def test_eta_comes_from_the_pools_history_and_grows_with_position(alice, bob, gemma, cpu_model):
+    now = timezone.now()
+    # Gemma's pool: 100 tokens at 10 tokens/s, so about 10 s per answer.
+    for tokens, rate in ((80, 8.0), (120, 12.0)):
+        done = served(bob, gemma, started_at=now - timedelta(hours=2))
+        Message.objects.filter(pk=done.pk).update(completion_tokens=tokens, tokens_per_second=rate)
+    # The other pool is much slower; it must not leak into this pool's estimate.
+    slow = served(bob, cpu_model, started_at=now - timedelta(hours=2))
+    Message.objects.filter(pk=slow.pk).update(completion_tokens=1000, tokens_per_second=1.0)
+
+    assert jobs.expected_answer_seconds(UNSERVED_POOL) == pytest.approx(10.0)
+    base = now - timedelta(minutes=5)
+    first = queued(alice, gemma, base)
+    second = queued(alice, gemma, base + timedelta(seconds=1))
+    third = queued(alice, gemma, base + timedelta(seconds=2))
+    queued(alice, cpu_model, base - timedelta(minutes=1))
+
+    places = jobs.queue_positions(UNSERVED_POOL)
+
+    assert [places[m.pk]["position"] for m in (first, second, third)] == [1, 2, 3]
+    etas = [places[m.pk]["eta_s"] for m in (first, second, third)]
+    assert etas == [10, 20, 30]
+    assert etas[1] == pytest.approx(2 * etas[0], abs=1)
+
+
+# Admission ----------------------------------------------------------------------------
+
+
+@override_settings(CORRAL=limits(active=2))
+def test_a_user_at_the_active_limit_is_refused_and_nothing_is_saved(alice, bob, gemma):
+    for text in ("one", "two"):
+        services.send_message(user=alice, conversation_id=None, text=text, model_id=gemma.pk)
+    messages, conversations = Message.objects.count(), Conversation.objects.count()
+
+    with pytest.raises(ValidationError) as refused:
+        services.send_message(user=alice, conversation_id=None, text="three", model_id=gemma.pk)
+
+    message = refused.value.messages[0]
+    assert "the limit is 2" in message
+    assert "your message is still in the box" in message
+    assert refused.value.code == "user_limit"
+    assert Message.objects.count() == messages
+    assert Conversation.objects.count() == conversations
+    assert not Message.objects.filter(content="three").exists()
+
+    # Bob's own limit is untouched by Alice's answers.
+    _, _, bobs = services.send_message(
+        user=bob, conversation_id=None, text="bob's turn", model_id=gemma.pk
+    )
+    assert bobs.status == Message.Status.QUEUED
+
+
+@override_settings(CORRAL=limits(active=2))
+def test_a_running_answer_counts_toward_the_limit_and_a_finished_one_does_not(alice, gemma):
+    _, _, first = services.send_message(
+        user=alice, conversation_id=None, text="one", model_id=gemma.pk
+    )
+    _, _, second = services.send_message(
+        user=alice, conversation_id=None, text="two", model_id=gemma.pk
+    )
+    running(first, heartbeat_age_s=0)
+    with pytest.raises(ValidationError, match="limit is 2"):
+        services.send_message(user=alice, conversation_id=None, text="three", model_id=gemma.pk)
+    Message.objects.filter(pk=first.pk).update(status=Message.Status.DONE)
+    _, _, third = services.send_message(
+        user=alice, conversation_id=None, text="three", model_id=gemma.pk
+    )
+    assert third.status == Message.Status.QUEUED
+
+
+@override_settings(CORRAL=limits(active=2))
+def test_stopping_one_of_the_users_answers_frees_a_slot(alice, gemma):
+    conversation, _, first = services.send_message(
+        user=alice, conversation_id=None, text="one", model_id=gemma.pk
+    )
+    services.send_message(
+        user=alice, conversation_id=conversation.pk, text="two", model_id=gemma.pk
+    )
+    with pytest.raises(ValidationError):
+        services.send_message(
+            user=alice, conversation_id=conversation.pk, text="three", model_id=gemma.pk
+        )
+
+    services.stop_answer(user=alice, message_id=first.pk)
+
+    _, question, answer = services.send_message(
+        user=alice, conversation_id=conversation.pk, text="three", model_id=gemma.pk
+    )
+    assert question.content == "three"
+    assert answer.status == Message.Status.QUEUED
+
+
+@override_settings(CORRAL=limits(active=5, pool_cap=2))
+def test_a_full_pool_refuses_with_a_message_naming_the_pool(alice, bob, carol, gemma, cpu_model):
+    services.send_message(user=alice, conversation_id=None, text="a", model_id=gemma.pk)
+    services.send_message(user=bob, conversation_id=None, text="b", model_id=gemma.pk)
+    messages = Message.objects.count()
+
+    with pytest.raises(ValidationError) as refused:
+        services.send_message(user=carol, conversation_id=None, text="c", model_id=gemma.pk)
+
+    message = refused.value.messages[0]
+    assert f"The {UNSERVED_POOL} queue is full (2 answers waiting)" in message
+    assert "your message is still in the box" in message
+    assert refused.value.code == "pool_full"
+    assert Message.objects.count() == messages
+
+    # Another pool has its own cap.
+    _, _, elsewhere = services.send_message(
+        user=carol, conversation_id=None, text="c", model_id=cpu_model.pk
+    )
+    assert elsewhere.status == Message.Status.QUEUED and elsewhere.model == cpu_model
+
+
+# Reaper -------------------------------------------------------------------------------
+
+
+def test_a_stale_answer_is_requeued_with_its_partial_text_cleared(alice, gemma):
+    answer = running(queued(alice, gemma), heartbeat_age_s=config.HEARTBEAT_STALE_S + 5, attempts=1)
+    assert config.MAX_ATTEMPTS > 1
+
+    assert jobs.reap_stale() == [answer.pk]
+
+    row = Message.objects.get(pk=answer.pk)
+    assert row.status == Message.Status.QUEUED
+    assert row.content == "" and row.seq == 0  # the next attempt writes the text anew
+    assert row.worker == "" and row.error == "" and row.heartbeat_at is None
+    assert row.attempts == 1
+    assert row.version == 6
+    assert row.finished_at is None
+    assert [m.pk for m in jobs.queue_of(UNSERVED_POOL)] == [answer.pk]
+
+
+def test_an_answer_without_heartbeat_that_started_long_ago_is_reaped(alice, gemma):
+    answer = running(queued(alice, gemma), heartbeat_age_s=config.HEARTBEAT_STALE_S + 5)
+    Message.objects.filter(pk=answer.pk).update(heartbeat_at=None)
+    assert jobs.reap_stale() == [answer.pk]
+    assert Message.objects.get(pk=answer.pk).status == Message.Status.QUEUED
+
+
+def test_a_fresh_heartbeat_is_left_alone(alice, gemma):
+    answer = running(queued(alice, gemma), heartbeat_age_s=config.HEARTBEAT_STALE_S / 4)
+    before = Message.objects.values().get(pk=answer.pk)
+
+    assert jobs.reap_stale() == []
+
+    assert Message.objects.values().get(pk=answer.pk) == before
+
+
+def test_at_the_last_attempt_a_stale_answer_fails_as_worker_lost_and_keeps_its_text(alice, gemma):
+    answer = running(
+        queued(alice, gemma),
+        heartbeat_age_s=config.HEARTBEAT_STALE_S + 5,
+        attempts=config.MAX_ATTEMPTS,
+        content="Half of an answer",
+    )
+    now = timezone.now()
+
+    assert jobs.reap_stale(now=now) == [answer.pk]
+
+    row = Message.objects.get(pk=answer.pk)
+    assert row.status == Message.Status.FAILED
+    assert row.error == jobs.WORKER_LOST
+    assert row.content == "Half of an answer"
+    assert row.finished_at == now
+    assert row.version == 6
+    assert row.attempts == config.MAX_ATTEMPTS
+    assert jobs.queue_of(UNSERVED_POOL) == []
+
+
+def test_reaping_twice_changes_the_row_once(alice, gemma):
+    answer = running(queued(alice, gemma), heartbeat_age_s=config.HEARTBEAT_STALE_S + 5)
+
+    assert jobs.reap_stale() == [answer.pk]
+    after_first = Message.objects.values().get(pk=answer.pk)
+    assert jobs.reap_stale() == []
+
+    assert Message.objects.values().get(pk=answer.pk) == after_first
+    assert after_first["version"] == 6
+
+
+def test_two_reapers_racing_on_the_same_stale_answer_change_it_once(alice, gemma, monkeypatch):
+    """Reaper 1 has read the stale row; reaper 2 re-queues it before reaper 1 writes."""
+    answer = running(queued(alice, gemma), heartbeat_age_s=config.HEARTBEAT_STALE_S + 5)
+    other_reaper: list[int] = []
+    real_atomic = transaction.atomic
+
+    def atomic_after_the_other_reaper(*args, **kwargs):
+        if not other_reaper:
+            other_reaper.append(-1)  # mark first, the nested reaper comes through here too
+            other_reaper.extend(jobs.reap_stale())
+        return real_atomic(*args, **kwargs)
+
+    monkeypatch.setattr(
+        jobs,
+        "transaction",
+        SimpleNamespace(atomic=atomic_after_the_other_reaper, on_commit=transaction.on_commit),
+    )
+
+    assert jobs.reap_stale() == []  # it lost the race
+    assert other_reaper == [-1, answer.pk]
+    row = Message.objects.get(pk=answer.pk)
+    assert row.status == Message.Status.QUEUED
+    assert row.version == 6
+
+
+def test_forgotten_queues_are_woken_unless_something_runs_in_the_pool(alice, bob, gemma, cpu_model):
+    old = timezone.now() - timedelta(seconds=config.HEARTBEAT_STALE_S + 5)
+    queued(alice, gemma, created_at=old)
+    queued(bob, cpu_model, created_at=timezone.now())  # just queued: its wake-up is on its way
+
+    assert jobs.wake_forgotten_queues() == [UNSERVED_POOL]
+
+    # Something running in the pool means a worker is on it and will take the next job.
+    running(queued(bob, gemma), heartbeat_age_s=0)
+    assert jobs.wake_forgotten_queues() == []
+
+    queued(bob, cpu_model, created_at=old)
+    assert jobs.wake_forgotten_queues() == ["cpu"]
+
+
+# Ownership after reaping --------------------------------------------------------------
+
+
+def test_a_late_checkpoint_of_a_reaped_attempt_raises_and_overwrites_nothing(alice, gemma):
+    queued(alice, gemma)
+    answer = jobs.claim_next(UNSERVED_POOL, worker="old-worker")
+    old = generation.AnswerStream(answer)
+    old.text, old.flushed_chars, old.seq = "old attempt text", 16, 1
+    old.checkpoint()  # while it still owns the answer, the checkpoint is saved
+    assert Message.objects.get(pk=answer.pk).content == "old attempt text"
+
+    stale = timezone.now() - timedelta(seconds=config.HEARTBEAT_STALE_S + 5)
+    Message.objects.filter(pk=answer.pk).update(heartbeat_at=stale)
+    assert jobs.reap_stale() == [answer.pk]
+
+    assert not Message.objects.filter(jobs.still_ours(answer)).exists()
+    old.text, old.flushed_chars, old.seq = "old attempt text, more", 22, 2
+    with pytest.raises(generation.LostOwnership):
+        old.checkpoint()
+    row = Message.objects.get(pk=answer.pk)
+    assert row.status == Message.Status.QUEUED and row.content == "" and row.seq == 0
+
+    # The next attempt writes the answer anew; the old one still cannot touch it.
+    again = jobs.claim_next(UNSERVED_POOL, worker="new-worker")
+    assert again.pk == answer.pk and again.attempts == 2
+    new = generation.AnswerStream(again)
+    new.text, new.flushed_chars, new.seq = "new text", 8, 1
+    new.checkpoint()
+    with pytest.raises(generation.LostOwnership):
+        old.checkpoint()
+    final = generation._save_outcome(old, None, Message.Status.DONE, "")
+    row = Message.objects.get(pk=answer.pk)
+    assert final.status == Message.Status.RUNNING
+    assert row.status == Message.Status.RUNNING and row.worker == "new-worker"
+    assert row.content == "new text" and row.seq == 1  # replaced, never appended twice
+
+
+class ReapedMidStream:
+    """A backend whose worker 'goes quiet' after the first chunk: a reaper re-queues it."""
+
+    name = "fake"
+
+    def __init__(self, answer_pk: int) -> None:
+        self.answer_pk = answer_pk
+
+    def stream(self, request):
+        yield TextChunk("old ")
+        stale = timezone.now() - timedelta(seconds=config.HEARTBEAT_STALE_S + 5)
+        Message.objects.filter(pk=self.answer_pk).update(heartbeat_at=stale)
+        assert jobs.reap_stale() == [self.answer_pk]
+        yield TextChunk("attempt")
+        yield Finished(reason="stop", usage=Usage(prompt_tokens=3, completion_tokens=2))
+
+
+def _generate_reaped_mid_stream(gemma, alice, monkeypatch) -> tuple[Message, Message]:
+    queued(alice, gemma)
+    answer = jobs.claim_next(UNSERVED_POOL, worker="old-worker")
+    monkeypatch.setattr(config, "CHECKPOINT_INTERVAL_S", 0.0)  # every flush checkpoints
+    monkeypatch.setattr(generation, "get_backend", lambda name: ReapedMidStream(answer.pk))
+    return answer, generation.generate(answer)
+
+
+def test_an_attempt_reaped_mid_stream_is_dropped_quietly(alice, gemma, monkeypatch):
+    monkeypatch.setattr(config, "FLUSH_INTERVAL_S", 0.0)  # the second chunk flushes in the loop
+    answer, _ = _generate_reaped_mid_stream(gemma, alice, monkeypatch)
+    row = Message.objects.get(pk=answer.pk)
+    assert row.status == Message.Status.QUEUED
+    assert row.content == "" and row.seq == 0 and row.completion_tokens is None
+
+
+def test_an_attempt_reaped_before_its_last_flush_is_dropped_quietly(alice, gemma, monkeypatch):
+    monkeypatch.setattr(config, "FLUSH_INTERVAL_S", 3600.0)  # only the first chunk flushes
+    answer, _ = _generate_reaped_mid_stream(gemma, alice, monkeypatch)
+    row = Message.objects.get(pk=answer.pk)
+    assert row.status == Message.Status.QUEUED
+    assert row.content == "" and row.seq == 0
+
+
+# Limits in generation -----------------------------------------------------------------
+
+
+def test_the_token_cap_lowers_a_models_larger_max_tokens(alice, gemma, monkeypatch):
+    answer = queued(alice, gemma)
+    assert gemma.parameters["max_tokens"] == 48
+    assert generation.build_request(answer).options.max_tokens == 48
+    monkeypatch.setattr(config, "MAX_TOKENS_PER_ANSWER", 5)
+    assert generation.build_request(answer).options.max_tokens == 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_answer_over_the_time_limit_stops_and_keeps_its_partial_text(alice, gemma, monkeypatch):
+    monkeypatch.setattr(config, "MAX_GENERATION_S", 0.0)
+    _, _, answer = services.send_message(
+        user=alice, conversation_id=None, text="Tell me about the sea.", model_id=gemma.pk
+    )
+
+    generation.run_next(UNSERVED_POOL, worker="test")
+
+    answer.refresh_from_db()
+    assert answer.status == Message.Status.STOPPED
+    assert answer.error == "Stopped at the time limit of 0 s."
+    assert answer.content.strip()  # the text so far is kept
+    assert answer.completion_tokens == 1  # it stopped at the first check, after one chunk
+    assert answer.finished_at is not None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_answer_stops_at_the_token_cap_and_says_so(alice, gemma, monkeypatch):
+    monkeypatch.setattr(config, "MAX_TOKENS_PER_ANSWER", 5)
+    assert gemma.parameters["max_tokens"] > 5
+    _, _, answer = services.send_message(
+        user=alice, conversation_id=None, text="Tell me about the sea.", model_id=gemma.pk
+    )
+
+    generation.run_next(UNSERVED_POOL, worker="test")
+
+    answer.refresh_from_db()
+    assert answer.status == Message.Status.DONE
+    assert answer.error == "Stopped at the maximum number of tokens."
+    assert 1 <= answer.completion_tokens <= 5
+    assert answer.content.strip()
+
+
+# Heartbeat thread ---------------------------------------------------------------------
+
+
+def _wait_for(condition, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_heartbeat_thread_keeps_a_running_answer_fresh(alice, gemma, monkeypatch):
+    monkeypatch.setattr(config, "HEARTBEAT_INTERVAL_S", 0.05)
+    answer = running(queued(alice, gemma), heartbeat_age_s=config.HEARTBEAT_STALE_S + 5)
+    old = answer.heartbeat_at
+
+    with jobs.Heartbeat(answer) as heartbeat:
+        beat = _wait_for(lambda: Message.objects.get(pk=answer.pk).heartbeat_at > old)
+        assert beat, "no heartbeat within 5 s"
+        assert jobs.reap_stale() == []  # a beating answer is not taken away
+        first = Message.objects.get(pk=answer.pk).heartbeat_at
+        assert _wait_for(lambda: Message.objects.get(pk=answer.pk).heartbeat_at > first)
+
+    assert not heartbeat._thread.is_alive()
+    row = Message.objects.get(pk=answer.pk)
+    assert row.status == Message.Status.RUNNING and row.attempts == 1
+    assert (timezone.now() - row.heartbeat_at).total_seconds() < config.HEARTBEAT_STALE_S
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_heartbeat_of_a_reaped_attempt_does_not_revive_it(alice, gemma, monkeypatch):
+    monkeypatch.setattr(config, "HEARTBEAT_INTERVAL_S", 0.05)
+    answer = running(queued(alice, gemma), heartbeat_age_s=config.HEARTBEAT_STALE_S + 5)
+    assert jobs.reap_stale() == [answer.pk]
+
+    with jobs.Heartbeat(answer):
+        time.sleep(0.4)  # several beats
+
+    row = Message.objects.get(pk=answer.pk)
+    assert row.status == Message.Status.QUEUED and row.heartbeat_at is None

@@ -1,0 +1,211 @@
+"""Fault injection with real processes: killed workers, restarted Redis and web server.
+
+Each test asserts the end state a user would see: one answer, the right status, the text
+the client assembled equal to the database text, nothing left "generating".
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import Worker, _start, _stop, free_port, start_worker
+from tests.e2e.helpers import ChatClient
+from webui.chat import jobs, services
+from webui.chat.models import Conversation, Message
+from webui.run import processes
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+# Fault tests use the gpu pool, which the suite's shared worker does not consume, so only
+# the workers a test starts (and kills) can take its answers.
+POOL = "gpu"
+FAST_REAPER = {
+    "CORRAL_HEARTBEAT_INTERVAL_S": "0.5",
+    "CORRAL_HEARTBEAT_STALE_S": "4",
+    "CORRAL_REAP_INTERVAL_S": "1",
+}
+
+
+def finished(client: ChatClient) -> bool:
+    return client.answer()["status"] not in ("queued", "running")
+
+
+@pytest.fixture
+def long_gemma(gemma):
+    gemma.pool = POOL
+    gemma.parameters = {**gemma.parameters, "max_tokens": 240}
+    gemma.save()
+    return gemma
+
+
+@pytest.fixture
+def gpu_workers(stack_env, tmp_path):
+    """Start gpu workers on demand; whatever is still running at the end is stopped."""
+    started: list[Worker] = []
+    env = {**stack_env, **FAST_REAPER}
+
+    def start(name: str) -> Worker:
+        worker = start_worker(env, tmp_path / f"{name}.log", queues=POOL, label=name)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        _stop(worker.process)
+
+
+def running_pid(answer: Message, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answer.refresh_from_db()
+        if answer.status == Message.Status.RUNNING and answer.worker:
+            return int(answer.worker.rsplit(":", 1)[1])
+        time.sleep(0.1)
+    raise TimeoutError(f"answer {answer.pk} never started")
+
+
+def assert_one_clean_answer(client: ChatClient, answer: Message) -> Message:
+    saved = Message.objects.get(pk=answer.pk)
+    assert saved.conversation.messages.filter(role="assistant").count() == 1
+    assert saved.status not in Message.ACTIVE
+    assert client.messages[answer.pk]["content"] == saved.content
+    assert client.messages[answer.pk]["status"] == saved.status
+    return saved
+
+
+def test_killed_pool_child_is_noticed_and_the_answer_rerun_once(
+    alice, long_gemma, gpu_workers, web_server
+):
+    gpu_workers("child-kill")
+    conversation, _, answer = services.send_message(
+        user=alice,
+        conversation_id=None,
+        text="Tell a long story about the sea.",
+        model_id=long_gemma.pk,
+    )
+    client = ChatClient.open(web_server.url, conversation.pk, alice, resilient=True)
+    client.wait_until(lambda c: len(c.messages[answer.pk]["content"]) > 20)
+    child = running_pid(answer)
+    os.kill(child, signal.SIGKILL)
+    killed_at = time.monotonic()
+    client.wait_until(lambda c: c.messages[answer.pk]["attempt"] == 2, timeout=30)
+    assert time.monotonic() - killed_at < 30
+    client.wait_until(finished, timeout=90)
+    client.close()
+    saved = assert_one_clean_answer(client, answer)
+    assert saved.status == Message.Status.DONE, saved.error
+    assert saved.attempts == 2
+    # Replaced, not appended: the text is exactly one full run of the answer.
+    assert saved.content and saved.completion_tokens <= 240
+
+
+def test_killed_worker_process_group_is_rerun_on_a_live_worker(
+    alice, long_gemma, gpu_workers, web_server
+):
+    first = gpu_workers("doomed")
+    conversation, _, answer = services.send_message(
+        user=alice,
+        conversation_id=None,
+        text="Describe a city at night, at length.",
+        model_id=long_gemma.pk,
+    )
+    client = ChatClient.open(web_server.url, conversation.pk, alice, resilient=True)
+    client.wait_until(lambda c: len(c.messages[answer.pk]["content"]) > 20)
+    # The main process and its pool child die at once, as with the OOM killer.
+    os.killpg(first.process.pid, signal.SIGKILL)
+    first.process.wait()
+    gpu_workers("survivor")
+    client.wait_until(finished, timeout=90)
+    client.close()
+    saved = assert_one_clean_answer(client, answer)
+    assert saved.status == Message.Status.DONE, saved.error
+    assert saved.attempts == 2 and "survivor" in saved.worker
+
+
+def test_killed_main_process_alone_leaves_one_finished_answer(
+    alice, long_gemma, gpu_workers, web_server
+):
+    first = gpu_workers("headless")
+    conversation, _, answer = services.send_message(
+        user=alice,
+        conversation_id=None,
+        text="Explain how rivers form, in detail.",
+        model_id=long_gemma.pk,
+    )
+    client = ChatClient.open(web_server.url, conversation.pk, alice, resilient=True)
+    client.wait_until(lambda c: len(c.messages[answer.pk]["content"]) > 20)
+    gpu_workers("spare")
+    os.kill(first.process.pid, signal.SIGKILL)  # the main process only, not its pool child
+    client.wait_until(finished, timeout=90)
+    client.close()
+    saved = assert_one_clean_answer(client, answer)
+    # The orphaned pool child may finish the answer itself, or die and be re-run by the
+    # spare worker; either way there is one answer, complete or failed as "worker lost".
+    if saved.status == Message.Status.FAILED:
+        assert saved.error == jobs.WORKER_LOST and saved.content
+    else:
+        assert saved.status == Message.Status.DONE, saved.error
+
+
+def test_fair_queue_serves_a_second_user_within_two_slots(alice, bob, gemma, gpu_workers, settings):
+    settings.CORRAL = {**settings.CORRAL, "MAX_ACTIVE_PER_USER": 10}
+    gemma.pool = POOL
+    gemma.parameters = {**gemma.parameters, "max_tokens": 6}
+    gemma.save()
+    for i in range(6):
+        services.send_message(user=alice, conversation_id=None, text=f"A{i}", model_id=gemma.pk)
+    _, _, bobs = services.send_message(user=bob, conversation_id=None, text="B", model_id=gemma.pk)
+    gpu_workers("fair")  # starts after everything is queued: one slot at a time
+    deadline = time.monotonic() + 120
+    while Message.objects.filter(status__in=Message.ACTIVE).exists():
+        assert time.monotonic() < deadline, "the queue did not drain"
+        time.sleep(0.2)
+    order = list(
+        Message.objects.filter(role="assistant").order_by("started_at").values_list("pk", flat=True)
+    )
+    assert order.index(bobs.pk) <= 1, order  # among the first two slots, not the seventh
+
+
+def test_redis_restart_mid_answer_keeps_generating_and_clients_catch_up(
+    alice, long_gemma, stack_env, tmp_path
+):
+    sock = tmp_path / "redis.sock"
+    argv = processes.redis_server_argv(sock, tmp_path)
+    argv[argv.index("--appendonly") + 1] = "no"  # a restart loses everything, as here
+
+    def start_redis() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, start_new_session=True)
+        processes.wait_for_unix_socket(sock)
+        return process
+
+    redis_process = start_redis()
+    env = {**stack_env, **FAST_REAPER, "REDIS_URL": f"unix://{sock}"}
+    worker = start_worker(env, tmp_path / "worker.log", queues=POOL)
+    port = free_port()
+    web = _start(processes.web_argv("127.0.0.1", port), env, tmp_path / "web.log")
+    try:
+        processes.wait_for_port("127.0.0.1", port, alive={"web": web})
+        base = f"http://127.0.0.1:{port}"
+        conversation = Conversation.objects.create(owner=alice, model=long_gemma)
+        client = ChatClient.open(base, conversation.pk, alice, resilient=True)
+        client.send({"type": "send", "text": "Write about mountains.", "model": long_gemma.pk})
+        client.wait_until(lambda c: len(c.messages) == 2 and len(c.answer()["content"]) > 20)
+        answer = Message.objects.get(pk=client.answer()["id"])
+        redis_process.kill()
+        redis_process.wait()
+        time.sleep(1)
+        redis_process = start_redis()
+        client.wait_until(finished, timeout=120)
+        client.close()
+        saved = assert_one_clean_answer(client, answer)
+        assert saved.status == Message.Status.DONE, saved.error
+        assert saved.attempts == 1  # kept generating: never re-run
+    finally:
+        _stop(worker.process)
+        _stop(web)
+        redis_process.kill()
