@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -80,10 +81,15 @@ class BackendError(Exception):
 class Backend(Protocol):
     name: str
 
-    def stream(self, request: GenerationRequest) -> Iterator[StreamItem]:
+    def stream(
+        self, request: GenerationRequest, cancel: threading.Event | None = None
+    ) -> Iterator[StreamItem]:
         """Yield text chunks, then one Finished.
 
         Must be a generator: closing it early (``.close()``) must stop generation and
-        release the upstream connection. Raises :class:`BackendError` for failures.
+        release the upstream connection. ``cancel``, set from another thread, asks a
+        backend that may wait long without yielding (a remote server loading a model) to
+        give up at once; the stream then ends without Finished. Raises
+        :class:`BackendError` for failures.
         """
         ...

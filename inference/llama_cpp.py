@@ -82,7 +82,11 @@ class LlamaCppBackend:
         self._llm, self._key = llm, key
         return llm
 
-    def stream(self, request: GenerationRequest) -> Iterator[StreamItem]:
+    def stream(
+        self, request: GenerationRequest, cancel: threading.Event | None = None
+    ) -> Iterator[StreamItem]:
+        # ``cancel`` is honoured by the caller between chunks: llama.cpp yields a token
+        # every few milliseconds once the prompt is evaluated.
         with self._lock:  # a Llama context serves one stream at a time
             llm = self.load(request.model.target, request.model.settings)
             options = request.options

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterator
+import socket
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -45,18 +48,28 @@ class OllamaBackend:
 
     name = "ollama"
 
-    def stream(self, request: GenerationRequest) -> Iterator[StreamItem]:
+    def stream(
+        self, request: GenerationRequest, cancel: threading.Event | None = None
+    ) -> Iterator[StreamItem]:
         settings = _validate_settings(request.model.settings)
         model = request.model.target
         if not model:
             raise BackendError("Ollama model name is empty")
-        client = _make_client(settings.get("host"), settings.get("timeout"))
+        responses: list[httpx.Response] = []
+        client = _make_client(settings.get("host"), settings.get("timeout"), responses.append)
         where = _base_url(client, settings.get("host"))
         options = _options(request.options, settings)
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
         chat_kwargs: dict[str, Any] = {}
         if "keep_alive" in settings:
             chat_kwargs["keep_alive"] = settings["keep_alive"]
+        finished = threading.Event()
+        if cancel is not None:
+            # Ollama can be silent for a long time (loading a model): closing the client
+            # from here breaks the blocked read, and Ollama sees the disconnect.
+            threading.Thread(
+                target=_close_when_cancelled, args=(cancel, finished, responses), daemon=True
+            ).start()
         try:
             parts = client.chat(
                 model=model, messages=messages, stream=True, options=options, **chat_kwargs
@@ -89,9 +102,30 @@ class OllamaBackend:
                 ) from exc
             raise BackendError(f"Ollama error: {exc.error}") from exc
         except _TRANSPORT_ERRORS as exc:
+            if cancel is not None and cancel.is_set():
+                return  # we closed the connection ourselves
             raise _transport_error(exc, where, settings.get("timeout")) from exc
         finally:
+            finished.set()
             client.close()
+
+
+def _close_when_cancelled(
+    cancel: threading.Event, finished: threading.Event, responses: list[httpx.Response]
+) -> None:
+    # Until Ollama sends its response headers (it does once the model is loaded and
+    # generating) there is no response to cut; keep watching until there is.
+    while not finished.is_set():
+        if cancel.wait(0.1) and responses:
+            for response in responses:
+                # Closing a socket does not wake a read blocked on it in another thread;
+                # shutting it down does.
+                stream = response.extensions.get("network_stream")
+                sock = stream.get_extra_info("socket") if stream is not None else None
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+            return
 
 
 def list_models(host: str | None) -> list[dict[str, Any]]:
@@ -144,10 +178,15 @@ def _validate_settings(settings: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def _make_client(host: str | None, timeout: float | None) -> ollama.Client:
+def _make_client(
+    host: str | None,
+    timeout: float | None,
+    on_response: Callable[[httpx.Response], None] | None = None,
+) -> ollama.Client:
     # host=None lets the client apply its own OLLAMA_HOST convention (and default port 11434).
     limits = httpx.Timeout(timeout or DEFAULT_READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
-    return ollama.Client(host=host or None, timeout=limits)
+    hooks = {"response": [on_response]} if on_response else {}
+    return ollama.Client(host=host or None, timeout=limits, event_hooks=hooks)
 
 
 def _base_url(client: ollama.Client, host: str | None) -> str:

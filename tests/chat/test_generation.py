@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -76,7 +77,7 @@ def test_stop_flag_halts_generation_and_keeps_partial_text(alice, gemma):
     assert answer.status == Message.Status.STOPPED
     assert answer.error == "Stopped by the user."
     assert answer.content  # the first chunk was kept
-    assert answer.completion_tokens == 1  # stopped at the first flush, after one chunk
+    assert answer.completion_tokens < 100  # halted within a stop poll (0.25 s), not at 400
     assert time.monotonic() - started < 5
     assert not stop_flags.stop_requested(answer.pk, 1)
 
@@ -148,3 +149,34 @@ def test_unknown_ollama_model_and_unreachable_server_fail_with_clear_reasons(ali
     assert time.monotonic() - started < 5
     answer.refresh_from_db()
     assert answer.status == Message.Status.FAILED and "unreachable" in answer.error
+
+
+def test_stop_lands_within_a_second_even_before_the_first_token(alice):
+    """Ollama silent for 3 s per token: Stop must not wait for the next token."""
+    with OllamaTestServer(models={"slow:latest": "late words"}, token_delay=3) as server:
+        model = LanguageModel.objects.create(
+            name="ollama/slow",
+            backend="ollama",
+            target="slow:latest",
+            settings={"host": server.url},
+            pool=UNSERVED_POOL,
+        )
+        _, _, answer = services.send_message(
+            user=alice, conversation_id=None, text="hi", model_id=model.pk
+        )
+        runner = threading.Thread(target=run_next, args=(UNSERVED_POOL, "test"))
+        runner.start()
+        deadline = time.monotonic() + 10
+        while Message.objects.get(pk=answer.pk).status != Message.Status.RUNNING:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.3)
+        stopped_at = time.monotonic()
+        services.stop_answer(user=alice, message_id=answer.pk)
+        runner.join(timeout=10)
+        assert time.monotonic() - stopped_at < 1.0
+        # The test server notices at its next write (3 s later); Ollama at once.
+        assert server.wait_for_disconnect(timeout=5)  # the upstream request was closed
+    answer.refresh_from_db()
+    assert answer.status == Message.Status.STOPPED
+    assert answer.error == "Stopped by the user." and answer.content == ""

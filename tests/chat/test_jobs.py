@@ -443,7 +443,7 @@ class ReapedMidStream:
     def __init__(self, answer_pk: int) -> None:
         self.answer_pk = answer_pk
 
-    def stream(self, request):
+    def stream(self, request, cancel=None):
         yield TextChunk("old ")
         stale = timezone.now() - timedelta(seconds=config.HEARTBEAT_STALE_S + 5)
         Message.objects.filter(pk=self.answer_pk).update(heartbeat_at=stale)

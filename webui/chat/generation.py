@@ -7,6 +7,7 @@ GenerationRequest and consumes ``backend.stream(request)``.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -127,12 +128,13 @@ def run_next(pool: str, worker: str) -> Message | None:
     if answer is None:
         return None
     transaction.on_commit(lambda: jobs.publish_queue(pool))  # everyone behind moved up
-    with jobs.Heartbeat(answer):
-        return generate(answer)
+    with jobs.Heartbeat(answer) as heartbeat:
+        return generate(answer, heartbeat.cancelled)
 
 
-def generate(answer: Message) -> Message:
-    """Stream a claimed answer, then save the outcome."""
+def generate(answer: Message, cancelled: threading.Event | None = None) -> Message:
+    """Stream a claimed answer, then save the outcome. ``cancelled`` is Stop, pressed."""
+    cancelled = cancelled or threading.Event()
     publish_message(answer)
     stream = AnswerStream(answer)
     finished: Finished | None = None
@@ -142,16 +144,15 @@ def generate(answer: Message) -> Message:
         if answer.model is None:
             raise BackendError("The model of this answer was deleted.")
         request = build_request(answer)
-        items = get_backend(answer.model.backend).stream(request)
+        items = get_backend(answer.model.backend).stream(request, cancelled)
         try:
             for item in items:
+                if cancelled.is_set():
+                    break
                 if isinstance(item, Finished):
                     finished = item
                 elif stream.add(item.text):
                     stream.flush()
-                    if stop_flags.stop_requested(answer.pk, answer.attempts):
-                        status, error = Message.Status.STOPPED, "Stopped by the user."
-                        break
                     if time.monotonic() > deadline:
                         status = Message.Status.STOPPED
                         error = f"Stopped at the time limit of {config.MAX_GENERATION_S:g} s."
@@ -159,10 +160,14 @@ def generate(answer: Message) -> Message:
         finally:
             items.close()  # closes the upstream stream (llama.cpp loop or HTTP response)
         stream.flush()
+        if cancelled.is_set():
+            status, error = Message.Status.STOPPED, "Stopped by the user."
     except LostOwnership:
         return _drop_attempt(answer)
     except BackendError as exc:
         status, error = Message.Status.FAILED, str(exc)
+        if cancelled.is_set():  # the upstream connection was closed on purpose
+            status, error = Message.Status.STOPPED, "Stopped by the user."
     except Exception as exc:
         logger.exception("answer %s failed", answer.pk)
         status, error = Message.Status.FAILED, f"Internal error: {type(exc).__name__}: {exc}"

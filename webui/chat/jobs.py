@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any
@@ -160,12 +161,18 @@ def still_ours(answer: Message) -> Q:
     return Q(pk=answer.pk, status=Message.Status.RUNNING, attempts=answer.attempts)
 
 
+STOP_POLL_S = 0.25
+
+
 class Heartbeat:
-    """Beats for one running answer from a thread, so long prompt evaluations and slow
-    upstream servers do not look like a lost worker."""
+    """A thread beside one running answer. It beats, so long prompt evaluations and slow
+    upstream servers do not look like a lost worker, and it polls the stop flag, so Stop
+    lands within a second even while no token arrives: it sets ``cancelled``, which the
+    generation loop and the backend watch."""
 
     def __init__(self, answer: Message) -> None:
         self.answer = answer
+        self.cancelled = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="corral-heartbeat", daemon=True)
 
@@ -178,9 +185,18 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        from workers import stop_flags
+
+        last_beat = time.monotonic()
         try:
-            while not self._stop.wait(config.HEARTBEAT_INTERVAL_S):
-                Message.objects.filter(still_ours(self.answer)).update(heartbeat_at=timezone.now())
+            while not self._stop.wait(min(STOP_POLL_S, config.HEARTBEAT_INTERVAL_S)):
+                if stop_flags.stop_requested(self.answer.pk, self.answer.attempts):
+                    self.cancelled.set()
+                if time.monotonic() - last_beat >= config.HEARTBEAT_INTERVAL_S:
+                    last_beat = time.monotonic()
+                    Message.objects.filter(still_ours(self.answer)).update(
+                        heartbeat_at=timezone.now()
+                    )
         except Exception:
             logger.warning("heartbeat of answer %s failed", self.answer.pk, exc_info=True)
         finally:
