@@ -43,6 +43,7 @@
   let retryDelay = 500;
   let resyncPending = false;
   let lastEventAt = Date.now();
+  let editing = null; // id of the question being edited
   const dirty = new Set();
   let frameRequested = false;
 
@@ -96,7 +97,9 @@
       error.className = "message-error";
       const meta = document.createElement("p");
       meta.className = "meta";
-      el.append(body, status, error, meta);
+      const actions = document.createElement("div");
+      actions.className = "actions";
+      el.append(body, status, error, meta, actions);
       list.append(el);
       elements.set(m.id, el);
       if (emptyNote) emptyNote.remove();
@@ -106,9 +109,11 @@
 
   function draw(m) {
     const el = elementFor(m);
-    const [body, status, error, meta] = el.children;
+    const [body, status, error, meta, actions] = el.children;
+    if (editing === m.id) return; // keep the open editor
     if (m.role === "assistant") renderMarkdown(body, m.content);
     else body.textContent = m.content;
+    drawActions(actions, m);
     const active = ACTIVE.has(m.status);
     if (active) el.setAttribute("aria-busy", "true");
     else el.removeAttribute("aria-busy");
@@ -116,6 +121,71 @@
     status.textContent = statusText(m);
     error.textContent = m.error || "";
     meta.textContent = m.role === "assistant" && !active ? figures(m) : "";
+  }
+
+  function button(label, onClick, ariaLabel) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = label;
+    if (ariaLabel) b.setAttribute("aria-label", ariaLabel);
+    b.addEventListener("click", onClick);
+    return b;
+  }
+
+  function drawActions(actions, m) {
+    actions.replaceChildren();
+    const versions = m.versions;
+    if (versions && versions.ids.length > 1) {
+      const i = versions.index - 1;
+      const prev = button("‹", () => send({ type: "version", message: versions.ids[i - 1] }), "Previous version");
+      const next = button("›", () => send({ type: "version", message: versions.ids[i + 1] }), "Next version");
+      prev.disabled = i === 0;
+      next.disabled = i === versions.ids.length - 1;
+      const label = document.createElement("span");
+      label.className = "version-label";
+      label.textContent = `${versions.index}/${versions.ids.length}`;
+      actions.append(prev, label, next);
+    }
+    if (ACTIVE.has(m.status)) return;
+    if (m.role === "assistant") {
+      actions.append(button("Regenerate", () =>
+        send({ type: "regenerate", message: m.id, model: modelSelect.value || null })));
+    } else {
+      actions.append(button("Edit", () => openEditor(m)));
+    }
+  }
+
+  function openEditor(m) {
+    editing = m.id;
+    const el = elements.get(m.id);
+    const [body, , , , actions] = el.children;
+    const area = document.createElement("textarea");
+    area.value = m.content;
+    area.setAttribute("aria-label", "Edit message");
+    area.rows = 3;
+    body.replaceChildren(area);
+    const close = () => {
+      editing = null;
+      draw(messages.get(m.id) || m);
+    };
+    actions.replaceChildren(
+      button("Save edit", () => {
+        if (!area.value.trim()) return showError("Type a message before sending.");
+        send({ type: "edit", message: m.id, text: area.value, model: modelSelect.value || null });
+        close();
+      }),
+      button("Cancel", close),
+    );
+    area.focus();
+  }
+
+  function send(payload) {
+    if (!socket || socket.readyState !== WebSocket.OPEN) {
+      showError("Not connected yet; try again in a moment.");
+      return;
+    }
+    showError("");
+    socket.send(JSON.stringify(payload));
   }
 
   function scheduleDraw(id) {

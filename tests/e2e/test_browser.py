@@ -189,3 +189,60 @@ def test_page_reconnects_by_itself_when_the_web_server_restarts(
         assert page.evaluate("document.getElementById('chat').dataset.connected") == "true"
     finally:
         _stop(web)
+
+
+def sign_in(page, base_url: str) -> None:
+    page.goto(f"{base_url}/login/")
+    page.get_by_label("Username").fill("alice")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+
+
+LAST_ANSWER_IDLE = """() => {
+    const el = [...document.querySelectorAll('[data-role="assistant"]')].pop();
+    return el && !el.hasAttribute('aria-busy') && el.dataset.status === 'done';
+}"""
+
+
+def test_regenerate_and_edit_make_versions_the_page_moves_between(
+    page, alice, gemma, worker, web_server
+):
+    gemma.parameters = {**gemma.parameters, "max_tokens": 16, "temperature": 1.0, "seed": None}
+    gemma.save()
+    sign_in(page, web_server.url)
+    page.get_by_label("Message").fill("Say something.")
+    page.get_by_role("button", name="Send").click()
+    page.wait_for_function(LAST_ANSWER_IDLE, timeout=60_000)
+    answer = page.locator('[data-role="assistant"]').last
+    first_text = answer.locator(".content").inner_text()
+
+    answer.get_by_role("button", name="Regenerate").click()
+    page.wait_for_function(
+        """() => { const el = [...document.querySelectorAll('[data-role="assistant"]')].pop();
+                   return el && el.querySelector('.version-label')?.textContent === '2/2'
+                          && el.dataset.status === 'done'; }""",
+        timeout=60_000,
+    )
+    assert page.locator('[data-role="assistant"]').count() == 1  # versions, not a new turn
+    page.get_by_role("button", name="Previous version").click()
+    page.wait_for_function(
+        """() => document.querySelector('[data-role="assistant"] .version-label')
+                   ?.textContent === '1/2'""",
+        timeout=10_000,
+    )
+    assert page.locator('[data-role="assistant"] .content').inner_text() == first_text
+
+    question = page.locator('[data-role="user"]').last
+    question.get_by_role("button", name="Edit").click()
+    question.get_by_label("Edit message").fill("Say something else.")
+    question.get_by_role("button", name="Save edit").click()
+    page.wait_for_function(
+        """() => { const q = document.querySelector('[data-role="user"]');
+                   return q && q.querySelector('.version-label')?.textContent === '2/2'; }""",
+        timeout=10_000,
+    )
+    assert page.locator('[data-role="user"] .content').inner_text() == "Say something else."
+    page.wait_for_function(LAST_ANSWER_IDLE, timeout=60_000)
+    page.reload()  # versions come from the database
+    page.locator('[data-role="user"] .version-label').wait_for()
+    assert page.locator('[data-role="user"] .version-label').inner_text() == "2/2"

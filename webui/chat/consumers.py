@@ -4,6 +4,9 @@ Protocol (JSON):
   client -> {"type": "send", "text": str, "model": int | null}
             {"type": "stop", "message": int}
             {"type": "sync"}                      # ask for a fresh snapshot
+            {"type": "regenerate", "message": answer id, "model": int | null}
+            {"type": "edit", "message": question id, "text": str, "model": int | null}
+            {"type": "version", "message": id}    # show the branch through this version
   server -> {"type": "snapshot", "conversation": {...}, "messages": [...]}
             {"type": "delta", "message": id, "seq": n, "offset": chars, "text": str}
             {"type": "message", "message": {...}}  # a message's full state
@@ -76,6 +79,8 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             await self._send_message(content)
         elif kind == "stop":
             await self._stop(content)
+        elif kind in ("regenerate", "edit", "version"):
+            await self._change_branch(kind, content)
         elif kind == "sync":
             # Re-join first: a restarted Redis forgot the group, and joining is idempotent.
             await self.channel_layer.group_add(self.group, self.channel_name)
@@ -100,6 +105,36 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             )
         except Conversation.DoesNotExist:
             await self.close(code=CLOSE_NOT_FOUND)
+
+    async def _change_branch(self, kind: str, content: dict[str, Any]) -> None:
+        user = self.scope["user"]
+        text = content.get("text") if isinstance(content.get("text"), str) else ""
+        try:
+            message_id = int(content.get("message"))
+            model_id = int(content["model"]) if content.get("model") not in (None, "") else None
+            if kind == "regenerate":
+                await database_sync_to_async(services.regenerate)(
+                    user=user, message_id=message_id, model_id=model_id
+                )
+            elif kind == "edit":
+                await database_sync_to_async(services.edit_message)(
+                    user=user, message_id=message_id, text=text, model_id=model_id
+                )
+            else:
+                await database_sync_to_async(services.show_version)(
+                    user=user, message_id=message_id
+                )
+        except ValidationError as exc:
+            await self.send_json(
+                {
+                    "type": "error",
+                    "message": " ".join(exc.messages),
+                    "text": text,
+                    "edit": message_id if kind == "edit" else None,
+                }
+            )
+        except (Message.DoesNotExist, ValueError, TypeError, KeyError):
+            await self.send_json({"type": "error", "message": "No such message.", "text": ""})
 
     async def _stop(self, content: dict[str, Any]) -> None:
         try:
@@ -130,6 +165,9 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
                 "text": event["text"],
             }
         )
+
+    async def conversation_changed(self, event: dict[str, Any]) -> None:
+        await self.send_snapshot()
 
     async def message_queue(self, event: dict[str, Any]) -> None:
         await self.send_json({**event, "type": "queue"})

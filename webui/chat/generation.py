@@ -27,7 +27,7 @@ from inference import (
     get_backend,
 )
 from webui import config
-from webui.chat import jobs
+from webui.chat import jobs, selectors
 from webui.chat.models import LanguageModel, Message
 from webui.chat.services import publish_message
 from workers import publish, stop_flags
@@ -56,10 +56,11 @@ def model_spec(model: LanguageModel) -> ModelSpec:
 def build_request(answer: Message) -> GenerationRequest:
     """Everything before ``answer`` in its conversation, as the model should see it."""
     assert answer.model is not None
-    earlier = answer.conversation.messages.filter(pk__lt=answer.pk).order_by("pk")
+    messages = list(answer.conversation.messages.all())
+    parent = next((m for m in messages if m.pk == answer.parent_id), None)
     history = tuple(
         ChatMessage(role=message.role, content=message.content)
-        for message in earlier
+        for message in selectors.branch_to(parent, messages)
         if message.content  # a failed answer with no text says nothing to the model
     )
     try:

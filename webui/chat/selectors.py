@@ -52,11 +52,52 @@ def message_payload(message: Message) -> dict[str, Any]:
     }
 
 
+def branch_to(leaf: Message | None, messages: list[Message]) -> list[Message]:
+    """The messages from the first one down to ``leaf``, following parent links."""
+    by_id = {m.pk: m for m in messages}
+    path = []
+    node = by_id.get(leaf.pk) if leaf is not None else None
+    while node is not None:
+        path.append(node)
+        node = by_id.get(node.parent_id) if node.parent_id else None
+    return path[::-1]
+
+
+def versions_of(message: Message, messages: list[Message]) -> list[int]:
+    """Ids of the versions of ``message`` (itself included), oldest first."""
+    return sorted(
+        m.pk for m in messages if m.parent_id == message.parent_id and m.role == message.role
+    )
+
+
+def latest_leaf_under(message: Message, messages: list[Message]) -> Message:
+    """Follow the newest child down from ``message``: where a version switch lands."""
+    node = message
+    while children := [m for m in messages if m.parent_id == node.pk]:
+        node = max(children, key=lambda m: m.pk)
+    return node
+
+
+def current_branch(conversation: Conversation) -> tuple[list[Message], list[Message]]:
+    """(the branch on screen, every message of the conversation)."""
+    messages = list(conversation.messages.select_related("model"))
+    leaf = next((m for m in messages if m.pk == conversation.current_leaf_id), None)
+    if leaf is None and messages:
+        leaf = messages[-1]
+    return branch_to(leaf, messages), messages
+
+
 def conversation_snapshot(conversation: Conversation) -> dict[str, Any]:
     from webui.chat import jobs
 
-    messages = list(conversation.messages.select_related("model").all())
-    payloads = [message_payload(message) for message in messages]
+    branch, everything = current_branch(conversation)
+    payloads = []
+    for message in branch:
+        payload = message_payload(message)
+        versions = versions_of(message, everything)
+        payload["versions"] = {"ids": versions, "index": versions.index(message.pk) + 1}
+        payloads.append(payload)
+    messages = branch
     pools = {m.model.pool for m in messages if m.status == Message.Status.QUEUED and m.model}
     places: dict[int, dict[str, Any]] = {}
     for pool in pools:

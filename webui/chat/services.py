@@ -97,29 +97,96 @@ def send_message(
                 raise Conversation.DoesNotExist
         if not conversation.title:
             conversation.title = " ".join(text.split())[:TITLE_CHARS]
-        conversation.model = model
-        conversation.save()
         question = Message.objects.create(
-            conversation=conversation, role=Message.Role.USER, content=text
-        )
-        answer = Message.objects.create(
             conversation=conversation,
-            role=Message.Role.ASSISTANT,
-            model=model,
-            status=Message.Status.QUEUED,
+            role=Message.Role.USER,
+            content=text,
+            parent_id=conversation.current_leaf_id,
         )
-        if model is None:
-            _finish(
-                answer, Message.Status.FAILED, "No model is available: ask an admin to add one."
-            )
-        # Published before the worker is woken (on_commit keeps this order), so a fast
-        # worker's "running" never arrives before this "queued".
         publish_message(question)
-        publish_message(answer)
-        if model is not None:
-            jobs.wake(model.pool)
-            transaction.on_commit(lambda: jobs.publish_queue(model.pool))
+        answer = _queue_answer(conversation, question, model)
     return conversation, question, answer
+
+
+def _queue_answer(
+    conversation: Conversation, question: Message, model: LanguageModel | None
+) -> Message:
+    """A queued answer to ``question``, now the end of the branch on screen; the worker
+    is woken after commit. Call inside a transaction."""
+    answer = Message.objects.create(
+        conversation=conversation,
+        role=Message.Role.ASSISTANT,
+        model=model,
+        status=Message.Status.QUEUED,
+        parent=question,
+    )
+    conversation.model = model
+    conversation.current_leaf = answer
+    conversation.save()
+    if model is None:
+        _finish(answer, Message.Status.FAILED, "No model is available: ask an admin to add one.")
+    # Sent at commit, in registration order: clients hear "queued" before the worker is
+    # woken, so never after its "running".
+    publish_message(answer)
+    if model is not None:
+        jobs.wake(model.pool)
+        transaction.on_commit(lambda: jobs.publish_queue(model.pool))
+    return answer
+
+
+def regenerate(*, user: AbstractBaseUser, message_id: int, model_id: int | None) -> Message:
+    """A new version of a finished answer, beside the old one, through the same queue."""
+    old = selectors.get_message_for(user, message_id)
+    if old is None or old.role != Message.Role.ASSISTANT or old.parent_id is None:
+        raise Message.DoesNotExist
+    if old.is_active:
+        raise ValidationError("This answer is still being written; stop it first.")
+    model = _pick_model(model_id)
+    with transaction.atomic():
+        _admit(user, model)
+        answer = _queue_answer(old.conversation, old.parent, model)
+        publish_branch_change(old.conversation)
+    return answer
+
+
+def edit_message(
+    *, user: AbstractBaseUser, message_id: int, text: str, model_id: int | None
+) -> Message:
+    """Branch the conversation: the edited question beside the old one, and a new answer."""
+    old = selectors.get_message_for(user, message_id)
+    if old is None or old.role != Message.Role.USER:
+        raise Message.DoesNotExist
+    _validate_text(text)
+    model = _pick_model(model_id)
+    with transaction.atomic():
+        _admit(user, model)
+        question = Message.objects.create(
+            conversation=old.conversation,
+            role=Message.Role.USER,
+            content=text,
+            parent_id=old.parent_id,
+        )
+        answer = _queue_answer(old.conversation, question, model)
+        publish_branch_change(old.conversation)
+    return answer
+
+
+def show_version(*, user: AbstractBaseUser, message_id: int) -> Conversation:
+    """Put the branch through version ``message_id`` on screen (its newest continuation)."""
+    target = selectors.get_message_for(user, message_id)
+    if target is None:
+        raise Message.DoesNotExist
+    conversation = target.conversation
+    leaf = selectors.latest_leaf_under(target, list(conversation.messages.all()))
+    conversation.current_leaf = leaf
+    conversation.save(update_fields=["current_leaf", "updated_at"])
+    publish_branch_change(conversation)
+    return conversation
+
+
+def publish_branch_change(conversation: Conversation) -> None:
+    """The branch on screen changed: every open tab redraws from a snapshot."""
+    publish.publish_event(conversation.pk, {"type": "conversation.changed"})
 
 
 def _finish(answer: Message, status: str, error: str = "") -> None:

@@ -1,0 +1,549 @@
+"""Load: many websocket clients asking at once, on the real stack.
+
+One Celery worker for the ``cpu`` pool (concurrency 1) and one uvicorn, a private DATA_DIR,
+SQLite and an embedded redis-server on a unix socket. N clients across U users (one
+conversation each) send one message with the default Gemma model at the same moment, then
+read the stream as the browser does (tests/e2e/helpers.py::ChatClient).
+
+    .venv/bin/python bench/load_bench.py --clients 32 --users 4 --tokens 48 [--json]
+
+Figures:
+- stream integrity: gaps (deltas that did not line up), duplicates (a delta whose seq the
+  client already had for that attempt), answers whose streamed text differs from the DB;
+- delivery lag: the bench joins every conversation's channel-layer group itself and notes
+  when each delta reaches that in-process subscriber (the "publish" time: the same Redis
+  hop uvicorn's consumer waits on); lag = the client's websocket receipt minus that time,
+  i.e. what the web process (consumer, JSON, websocket) and the client add;
+- queue-wait fairness: per user, started_at - created_at from the DB, and the order in
+  which the users' answers started (round robin: a user's k-th answer starts before
+  anyone's (k+2)-th);
+- wall time from the sends to the last answer, answers done, aggregate tokens/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+TERMINAL = ("done", "failed", "stopped")
+TOPICS = (
+    "the moon",
+    "rivers",
+    "bees",
+    "volcanoes",
+    "glass",
+    "owls",
+    "deserts",
+    "bridges",
+    "salt",
+    "comets",
+    "maple trees",
+    "coral reefs",
+    "clocks",
+    "penguins",
+    "thunder",
+    "paper",
+)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--users", type=int, default=4)
+    parser.add_argument("--tokens", type=int, default=48, help="max_tokens of every answer")
+    parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0: default)")
+    parser.add_argument("--timeout", type=float, default=600, help="deadline of the load phase")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    if args.clients < 1 or not 1 <= args.users <= args.clients:
+        parser.error("need 1 <= --users <= --clients")
+    return args
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def prepare_environment(tmp: Path, per_user: int, clients: int) -> subprocess.Popen[bytes]:
+    """Private DATA_DIR, SQLite and redis-server; limits the web process will read too."""
+    os.environ["DATA_DIR"] = str(tmp)
+    os.environ.setdefault("MODELS_DIR", str(REPO / "data" / "models"))
+    os.environ.pop("DATABASE_URL", None)
+    os.environ["DJANGO_SETTINGS_MODULE"] = "webui.settings"
+    os.environ["CORRAL_MAX_ACTIVE_PER_USER"] = str(max(8, per_user))
+    os.environ["CORRAL_MAX_QUEUED_PER_POOL"] = str(max(100, clients))
+    sock = tmp / "redis.sock"
+    os.environ["REDIS_URL"] = f"unix://{sock}"  # always our own: nothing outside is touched
+    from webui.run.processes import die_with_parent, redis_server_argv, wait_for_unix_socket
+
+    argv = redis_server_argv(sock, tmp)
+    argv[argv.index("--appendonly") + 1] = "no"
+    redis = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent
+    )
+    wait_for_unix_socket(sock)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    return redis
+
+
+@contextlib.contextmanager
+def output_to(path: Path):
+    """Children started inside inherit stdout/stderr pointing at ``path``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "ab") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+class Subscriber(threading.Thread):
+    """Joins the conversations' groups on the channel layer and stamps every delta."""
+
+    def __init__(self, conversation_ids: list[int]) -> None:
+        super().__init__(name="bench-subscriber", daemon=True)
+        self.conversation_ids = conversation_ids
+        self.arrivals: dict[tuple[int, int, int], float] = {}
+        self.ready = threading.Event()
+        self.stopping = threading.Event()
+        self.error: str = ""
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.ready.set()
+
+    async def _main(self) -> None:
+        from channels.layers import get_channel_layer
+
+        from workers import publish
+
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        for conversation_id in self.conversation_ids:
+            await layer.group_add(publish.group_name(conversation_id), channel)
+        pump = asyncio.create_task(self._pump(layer, channel))
+        self.ready.set()
+        while not self.stopping.is_set() and not pump.done():
+            await asyncio.sleep(0.1)
+        pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await pump
+        with contextlib.suppress(Exception):
+            await layer.close_pools()
+
+    async def _pump(self, layer, channel: str) -> None:
+        while True:
+            event = await layer.receive(channel)
+            now = time.perf_counter()
+            if event.get("type") == "message.delta":
+                key = (event["message"], event["attempt"], event["seq"])
+                self.arrivals.setdefault(key, now)
+
+
+@dataclass
+class Result:
+    index: int
+    user: str
+    conversation_id: int
+    sent_at: float = 0.0
+    first_delta_at: float | None = None
+    finished_at: float | None = None
+    answer_id: int | None = None
+    final: dict[str, Any] | None = None
+    assembled: str | None = None
+    deltas: int = 0
+    gaps: int = 0
+    duplicates: int = 0
+    queue_events: int = 0
+    receipts: dict[tuple[int, int, int], float] = field(default_factory=dict)
+    error: str = ""
+
+
+def run_client(client, result: Result, text: str, model_id: int, barrier, deadline: float):
+    """One thread: wait for the others, send, then read until the answer is final."""
+    try:
+        barrier.wait()
+        result.sent_at = time.perf_counter()
+        client.send({"type": "send", "text": text, "model": model_id})
+        seen: set[tuple[int, int, int]] = set()
+        while True:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                result.error = "deadline passed before the answer was final"
+                return
+            before = {
+                mid: (m["attempt"], m["seq"], m["content"])
+                for mid, m in client.messages.items()
+                if m["role"] == "assistant"
+            }
+            try:
+                event = client.receive(timeout=min(remaining, 5))
+            except TimeoutError:
+                continue
+            now = time.perf_counter()
+            kind = event["type"]
+            if kind == "delta":
+                key = (event["message"], event["attempt"], event["seq"])
+                prior = before.get(event["message"])
+                if key in seen or (
+                    prior and prior[0] == event["attempt"] and event["seq"] <= prior[1]
+                ):
+                    result.duplicates += 1
+                seen.add(key)
+                result.deltas += 1
+                result.receipts.setdefault(key, now)
+                result.first_delta_at = result.first_delta_at or now
+            elif kind == "queue":
+                result.queue_events += 1
+            elif kind == "error":
+                result.error = event["message"]
+                return
+            elif kind == "message":
+                message = event["message"]
+                if message["role"] == "assistant" and message["status"] in TERMINAL:
+                    result.finished_at = now
+                    result.answer_id = message["id"]
+                    result.final = message
+                    # What snapshot + deltas had built before the final state replaced it.
+                    result.assembled = before.get(message["id"], (0, 0, ""))[2]
+                    return
+    except Exception as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        result.gaps = client.gaps
+
+
+def warm_up(base_url: str, user, cookie: str, model_id: int) -> None:
+    """One answer first: the worker loads the model (not part of the figures)."""
+    from tests.e2e.helpers import ChatClient
+    from webui.chat.models import Conversation
+
+    conversation = Conversation.objects.create(owner=user)
+    client = ChatClient.open(base_url, conversation.pk, user, cookie=cookie)
+    try:
+        client.send({"type": "send", "text": "Say hello.", "model": model_id})
+        client.wait_until(
+            lambda c: any(
+                m["role"] == "assistant" and m["status"] in TERMINAL for m in c.messages.values()
+            ),
+            timeout=180,
+        )
+        if client.answer()["status"] != "done":
+            raise RuntimeError(f"warm-up answer: {client.answer()}")
+    finally:
+        client.close()
+
+
+def nearest_rank(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p * len(ordered)) - 1)]
+
+
+def rounded(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def fairness(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-user queue waits and whether starts went round robin."""
+    per_user: dict[str, list[float]] = defaultdict(list)
+    started = sorted((r for r in rows if r["started_at"]), key=lambda r: r["started_at"])
+    rank: dict[str, int] = defaultdict(int)
+    order = []
+    for row in started:
+        per_user[row["user"]].append((row["started_at"] - row["created_at"]).total_seconds())
+        rank[row["user"]] += 1
+        order.append((row["user"], rank[row["user"]]))
+    # A violation: someone's (k+2)-th (or later) answer started before another's k-th.
+    violations = sum(
+        1
+        for i, (_, k_late) in enumerate(order)
+        for _, k_early in order[i + 1 :]
+        if k_late >= k_early + 2
+    )
+    return {
+        "wait_s": {
+            user: {
+                "answers": len(waits),
+                "median": round(statistics.median(waits), 2),
+                "max": round(max(waits), 2),
+            }
+            for user, waits in sorted(per_user.items())
+        },
+        "start_order": " ".join(f"{user}{k}" for user, k in order),
+        "round_robin_violations": violations,
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    per_user = math.ceil(args.clients / args.users)
+    tmp = Path(tempfile.mkdtemp(prefix="corral-load-"))
+    from webui.run import processes
+
+    processes.install_stop_handlers()  # `timeout` sends SIGTERM: clean up all the same
+    redis = None
+    supervisor = None
+    clients = []
+    subscriber = None
+    ok = False
+    stack_log = tmp / "stack.log"
+    try:
+        redis = prepare_environment(tmp, per_user, args.clients)
+        from django.contrib.auth import get_user_model
+
+        from tests.conftest import free_port
+        from tests.e2e.helpers import ChatClient, login_cookie
+        from webui import config
+        from webui.chat.models import Conversation, Message
+        from webui.chat.services import prepare_default_model
+
+        model = prepare_default_model()  # the default Gemma, as `make run` registers it
+        model.parameters = {"max_tokens": args.tokens, "temperature": 0.0, "seed": 1}
+        if args.threads:
+            model.settings = {**model.settings, "n_threads": args.threads}
+        model.save(update_fields=["parameters", "settings"])
+        users_model = get_user_model()
+        users = [
+            users_model.objects.create_user(f"user{chr(65 + i)}", password="bench-password-123")
+            for i in range(args.users)
+        ]
+        cookies = {user.pk: login_cookie(user) for user in users}
+        warm_user = users_model.objects.create_user("warmup", password="bench-password-123")
+
+        supervisor = processes.Supervisor()  # copies os.environ: the limits above included
+        supervisor.env.update(PYTHONUNBUFFERED="1")
+        port = free_port()
+        with output_to(stack_log):
+            worker = supervisor.start("worker", processes.worker_argv(["cpu"], 1, "load@%h"))
+            web = supervisor.start("web", processes.web_argv("127.0.0.1", port))
+        processes.wait_for_port(
+            "127.0.0.1", port, alive={"worker": worker.process, "web": web.process}
+        )
+        base_url = f"http://127.0.0.1:{port}"
+        log(f"stack up on {base_url}; warming up (model load)…")
+        warm_up(base_url, warm_user, login_cookie(warm_user), model.pk)
+
+        results = []
+        for i in range(args.clients):
+            user = users[i % args.users]
+            conversation = Conversation.objects.create(owner=user, model=model)
+            clients.append(
+                ChatClient.open(base_url, conversation.pk, user, cookie=cookies[user.pk])
+            )
+            results.append(Result(i, user.username.removeprefix("user"), conversation.pk))
+        subscriber = Subscriber([r.conversation_id for r in results])
+        subscriber.start()
+        if not subscriber.ready.wait(30) or subscriber.error:
+            raise RuntimeError(f"channel-layer subscriber: {subscriber.error or 'not ready'}")
+
+        barrier = threading.Barrier(args.clients + 1, timeout=60)
+        deadline = time.perf_counter() + args.timeout
+        threads = [
+            threading.Thread(
+                target=run_client,
+                args=(
+                    client,
+                    result,
+                    f"In one or two sentences, tell me something about "
+                    f"{TOPICS[i % len(TOPICS)]} (question {i + 1}).",
+                    model.pk,
+                    barrier,
+                    deadline,
+                ),
+                name=f"client-{i}",
+                daemon=True,
+            )
+            for i, (client, result) in enumerate(zip(clients, results, strict=True))
+        ]
+        for thread in threads:
+            thread.start()
+        log(f"{args.clients} clients of {args.users} users sending now…")
+        barrier.wait()
+        started = time.perf_counter()
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.perf_counter()) + 10)
+        time.sleep(0.2)  # the subscriber saw each delta before the client: nothing pending
+        subscriber.stopping.set()
+        subscriber.join(10)
+        if (exited := supervisor.first_exit()) is not None:
+            raise RuntimeError(f"{exited.name} exited with {exited.process.returncode}")
+
+        answers = {
+            m.conversation_id: m
+            for m in Message.objects.filter(
+                conversation_id__in=[r.conversation_id for r in results], role="assistant"
+            ).select_related("conversation__owner")
+        }
+        rows = [
+            {
+                "user": m.conversation.owner.username.removeprefix("user"),
+                "created_at": m.created_at,
+                "started_at": m.started_at,
+            }
+            for m in answers.values()
+        ]
+        figures = summarize(args, results, answers, rows, subscriber, started)
+        figures["n_threads"] = args.threads or config.N_THREADS
+        ok = True
+    except KeyboardInterrupt:
+        log("interrupted")
+        raise
+    finally:
+        for client in clients:
+            with contextlib.suppress(Exception):
+                client.close()
+        if subscriber is not None:
+            subscriber.stopping.set()
+            subscriber.join(5)
+        if supervisor is not None:
+            supervisor.stop()
+        if redis is not None:
+            redis.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                redis.wait(10)
+            redis.kill()
+            redis.wait()
+        if ok:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            log(f"failed: the worker and web output is in {stack_log}")
+    report(figures, args.json)
+
+
+def summarize(args, results, answers, rows, subscriber, started: float) -> dict[str, Any]:
+    lags, missing = [], 0
+    for result in results:
+        for key, received in result.receipts.items():
+            published = subscriber.arrivals.get(key)
+            if published is None:
+                missing += 1
+            else:
+                lags.append((received - published) * 1000)
+    mismatched, not_done, errors = [], [], []
+    tokens = 0
+    for result in results:
+        answer = answers.get(result.conversation_id)
+        if result.error or answer is None:
+            errors.append(f"client {result.index}: {result.error or 'no answer in the DB'}")
+            continue
+        if answer.status != "done":
+            not_done.append(answer.pk)
+        tokens += answer.completion_tokens or 0
+        if result.assembled != answer.content:
+            mismatched.append(answer.pk)
+    finishes = [r.finished_at for r in results if r.finished_at]
+    wall = (max(finishes) - started) if finishes else None
+    ttfts = [(r.first_delta_at - r.sent_at) * 1000 for r in results if r.first_delta_at]
+    worker_rates = [a.tokens_per_second for a in answers.values() if a.tokens_per_second]
+    return {
+        "clients": args.clients,
+        "users": args.users,
+        "max_tokens": args.tokens,
+        "answers_done": sum(1 for a in answers.values() if a.status == "done"),
+        "wall_s": rounded(wall, 2),
+        "completion_tokens": tokens,
+        "aggregate_tok_s": rounded(tokens / wall if wall else None, 2),
+        "worker_tok_s_median": rounded(statistics.median(worker_rates), 2)
+        if worker_rates
+        else None,
+        "deltas": sum(r.deltas for r in results),
+        "gaps": sum(r.gaps for r in results),
+        "duplicates": sum(r.duplicates for r in results),
+        "text_mismatches": len(mismatched),
+        "mismatched_ids": mismatched,
+        "not_done_ids": not_done,
+        "errors": errors,
+        "queue_events": sum(r.queue_events for r in results),
+        "ttft_ms": {
+            "p50": rounded(nearest_rank(ttfts, 0.5)),
+            "max": rounded(max(ttfts, default=0)),
+        },
+        "lag_ms": {
+            "method": "client websocket receipt - arrival of the same delta "
+            "(message, attempt, seq) at an in-process channel-layer subscriber "
+            "of the conversation groups",
+            "samples": len(lags),
+            "unmatched": missing,
+            "p50": rounded(nearest_rank(lags, 0.5), 2),
+            "p99": rounded(nearest_rank(lags, 0.99), 2),
+            "max": rounded(max(lags, default=0.0), 2),
+            "min": rounded(min(lags, default=0.0), 2),
+        },
+        **fairness(rows),
+    }
+
+
+def report(figures: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(figures))
+        return
+    f = figures
+    print(
+        f"{f['clients']} clients, {f['users']} users, max_tokens={f['max_tokens']}, "
+        f"1 cpu worker (concurrency 1, n_threads={f['n_threads']}), 1 uvicorn"
+    )
+    print(
+        f"answers done: {f['answers_done']}/{f['clients']}  wall: {f['wall_s']} s  "
+        f"tokens: {f['completion_tokens']}  aggregate: {f['aggregate_tok_s']} tok/s  "
+        f"(worker-side median {f['worker_tok_s_median']} tok/s per answer)"
+    )
+    print(
+        f"stream: {f['deltas']} deltas, gaps={f['gaps']}, duplicates={f['duplicates']}, "
+        f"text != DB: {f['text_mismatches']} {f['mismatched_ids'] or ''}"
+    )
+    lag = f["lag_ms"]
+    print(
+        f"delivery lag ms: p50={lag['p50']} p99={lag['p99']} max={lag['max']} "
+        f"min={lag['min']} (n={lag['samples']}, unmatched={lag['unmatched']})"
+    )
+    print(f"  method: {lag['method']}")
+    print(f"TTFT ms (send -> first delta): p50={f['ttft_ms']['p50']} max={f['ttft_ms']['max']}")
+    print("queue wait (started_at - created_at), s:")
+    for user, wait in f["wait_s"].items():
+        print(
+            f"  user {user}: {wait['answers']} answers, median {wait['median']}, max {wait['max']}"
+        )
+    print(f"start order: {f['start_order']}")
+    print(f"round-robin violations (a k+2-th start before a k-th): {f['round_robin_violations']}")
+    print(f"queue events received: {f['queue_events']}")
+    if f["errors"] or f["not_done_ids"]:
+        print(f"errors: {f['errors']}  not done: {f['not_done_ids']}")
+
+
+if __name__ == "__main__":
+    main()
