@@ -25,6 +25,7 @@ test: install
 
 bench: install
 	$(PY) bench/stream_bench.py $(BENCH_ARGS)
+	$(PY) bench/load_bench.py $(LOAD_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

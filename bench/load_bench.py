@@ -72,6 +72,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0: default)")
     parser.add_argument("--timeout", type=float, default=600, help="deadline of the load phase")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the private DATA_DIR (database, stack.log)"
+    )
     args = parser.parse_args()
     if args.clients < 1 or not 1 <= args.users <= args.clients:
         parser.error("need 1 <= --users <= --clients")
@@ -82,18 +85,26 @@ def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def prepare_environment(tmp: Path, per_user: int, clients: int) -> subprocess.Popen[bytes]:
-    """Private DATA_DIR, SQLite and redis-server; limits the web process will read too."""
+def set_environment(tmp: Path, per_user: int, clients: int) -> None:
+    """Before anything imports webui.config (it reads the environment once, at import)."""
     os.environ["DATA_DIR"] = str(tmp)
     os.environ.setdefault("MODELS_DIR", str(REPO / "data" / "models"))
     os.environ.pop("DATABASE_URL", None)
     os.environ["DJANGO_SETTINGS_MODULE"] = "webui.settings"
     os.environ["CORRAL_MAX_ACTIVE_PER_USER"] = str(max(8, per_user))
     os.environ["CORRAL_MAX_QUEUED_PER_POOL"] = str(max(100, clients))
-    sock = tmp / "redis.sock"
-    os.environ["REDIS_URL"] = f"unix://{sock}"  # always our own: nothing outside is touched
+    # Always our own redis-server: nothing outside this run is touched.
+    os.environ["REDIS_URL"] = f"unix://{tmp / 'redis.sock'}"
+
+
+def prepare_environment(tmp: Path) -> subprocess.Popen[bytes]:
+    """Private redis-server and SQLite in ``tmp``."""
+    from webui import config
     from webui.run.processes import die_with_parent, redis_server_argv, wait_for_unix_socket
 
+    sock = tmp / "redis.sock"
+    if tmp.resolve() != config.DATA_DIR or config.redis_url() != f"unix://{sock}":
+        raise RuntimeError("webui.config was imported before the environment was set")
     argv = redis_server_argv(sock, tmp)
     argv[argv.index("--appendonly") + 1] = "no"
     redis = subprocess.Popen(
@@ -103,8 +114,11 @@ def prepare_environment(tmp: Path, per_user: int, clients: int) -> subprocess.Po
     import django
 
     django.setup()
+    from django.conf import settings
     from django.core.management import call_command
 
+    if not Path(settings.DATABASES["default"]["NAME"]).resolve().is_relative_to(tmp.resolve()):
+        raise RuntimeError("the database is not the private one")
     call_command("migrate", verbosity=0)
     return redis
 
@@ -134,6 +148,7 @@ class Subscriber(threading.Thread):
         super().__init__(name="bench-subscriber", daemon=True)
         self.conversation_ids = conversation_ids
         self.arrivals: dict[tuple[int, int, int], float] = {}
+        self.counts: dict[str, int] = defaultdict(int)
         self.ready = threading.Event()
         self.stopping = threading.Event()
         self.error: str = ""
@@ -168,6 +183,7 @@ class Subscriber(threading.Thread):
         while True:
             event = await layer.receive(channel)
             now = time.perf_counter()
+            self.counts[event.get("type", "?")] += 1
             if event.get("type") == "message.delta":
                 key = (event["message"], event["attempt"], event["seq"])
                 self.arrivals.setdefault(key, now)
@@ -188,6 +204,8 @@ class Result:
     gaps: int = 0
     duplicates: int = 0
     queue_events: int = 0
+    state_events: int = 0
+    admitted_at: float | None = None
     receipts: dict[tuple[int, int, int], float] = field(default_factory=dict)
     error: str = ""
 
@@ -232,7 +250,10 @@ def run_client(client, result: Result, text: str, model_id: int, barrier, deadli
                 result.error = event["message"]
                 return
             elif kind == "message":
+                result.state_events += 1
                 message = event["message"]
+                if message["role"] == "assistant" and result.admitted_at is None:
+                    result.admitted_at = now
                 if message["role"] == "assistant" and message["status"] in TERMINAL:
                     result.finished_at = now
                     result.answer_id = message["id"]
@@ -313,6 +334,7 @@ def main() -> None:
     args = parse_args()
     per_user = math.ceil(args.clients / args.users)
     tmp = Path(tempfile.mkdtemp(prefix="corral-load-"))
+    set_environment(tmp, per_user, args.clients)
     from webui.run import processes
 
     processes.install_stop_handlers()  # `timeout` sends SIGTERM: clean up all the same
@@ -323,7 +345,7 @@ def main() -> None:
     ok = False
     stack_log = tmp / "stack.log"
     try:
-        redis = prepare_environment(tmp, per_user, args.clients)
+        redis = prepare_environment(tmp)
         from django.contrib.auth import get_user_model
 
         from tests.conftest import free_port
@@ -438,22 +460,30 @@ def main() -> None:
                 redis.wait(10)
             redis.kill()
             redis.wait()
-        if ok:
+        if ok and not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
+        elif ok:
+            log(f"kept {tmp} (database, stack.log)")
         else:
             log(f"failed: the worker and web output is in {stack_log}")
     report(figures, args.json)
 
 
 def summarize(args, results, answers, rows, subscriber, started: float) -> dict[str, Any]:
-    lags, missing = [], 0
+    lags, steady, missing, worst, worst_at = [], [], 0, 0.0, None
+    admitted = max((r.admitted_at for r in results if r.admitted_at), default=started)
     for result in results:
         for key, received in result.receipts.items():
             published = subscriber.arrivals.get(key)
             if published is None:
                 missing += 1
-            else:
-                lags.append((received - published) * 1000)
+                continue
+            lag = (received - published) * 1000
+            if worst_at is None or lag > worst:
+                worst, worst_at = lag, received - started
+            lags.append(lag)
+            if received > admitted:
+                steady.append(lag)
     mismatched, not_done, errors = [], [], []
     tokens = 0
     for result in results:
@@ -488,7 +518,16 @@ def summarize(args, results, answers, rows, subscriber, started: float) -> dict[
         "mismatched_ids": mismatched,
         "not_done_ids": not_done,
         "errors": errors,
-        "queue_events": sum(r.queue_events for r in results),
+        "events_clients": {
+            "delta": sum(r.deltas for r in results),
+            "state": sum(r.state_events for r in results),
+            "queue": sum(r.queue_events for r in results),
+        },
+        "events_subscriber": {
+            "delta": subscriber.counts["message.delta"],
+            "state": subscriber.counts["message.state"],
+            "queue": subscriber.counts["message.queue"],
+        },
         "ttft_ms": {
             "p50": rounded(nearest_rank(ttfts, 0.5)),
             "max": rounded(max(ttfts, default=0)),
@@ -503,6 +542,14 @@ def summarize(args, results, answers, rows, subscriber, started: float) -> dict[
             "p99": rounded(nearest_rank(lags, 0.99), 2),
             "max": rounded(max(lags, default=0.0), 2),
             "min": rounded(min(lags, default=0.0), 2),
+            "max_at_s": rounded(worst_at, 2),
+            "after_admission": {
+                "from_s": round(admitted - started, 2),
+                "samples": len(steady),
+                "p50": rounded(nearest_rank(steady, 0.5), 2),
+                "p99": rounded(nearest_rank(steady, 0.99), 2),
+                "max": rounded(max(steady, default=0.0), 2),
+            },
         },
         **fairness(rows),
     }
@@ -529,7 +576,13 @@ def report(figures: dict[str, Any], as_json: bool) -> None:
     lag = f["lag_ms"]
     print(
         f"delivery lag ms: p50={lag['p50']} p99={lag['p99']} max={lag['max']} "
-        f"min={lag['min']} (n={lag['samples']}, unmatched={lag['unmatched']})"
+        f"min={lag['min']} (n={lag['samples']}, unmatched={lag['unmatched']}; "
+        f"max at {lag['max_at_s']} s after the sends)"
+    )
+    steady = lag["after_admission"]
+    print(
+        f"  after the last send was admitted ({steady['from_s']} s): p50={steady['p50']} "
+        f"p99={steady['p99']} max={steady['max']} (n={steady['samples']})"
     )
     print(f"  method: {lag['method']}")
     print(f"TTFT ms (send -> first delta): p50={f['ttft_ms']['p50']} max={f['ttft_ms']['max']}")
@@ -540,7 +593,10 @@ def report(figures: dict[str, Any], as_json: bool) -> None:
         )
     print(f"start order: {f['start_order']}")
     print(f"round-robin violations (a k+2-th start before a k-th): {f['round_robin_violations']}")
-    print(f"queue events received: {f['queue_events']}")
+    print(
+        f"events (delta/state/queue): clients {f['events_clients']}, "
+        f"bench subscriber {f['events_subscriber']}"
+    )
     if f["errors"] or f["not_done_ids"]:
         print(f"errors: {f['errors']}  not done: {f['not_done_ids']}")
 

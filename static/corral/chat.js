@@ -229,7 +229,13 @@
   function applySnapshot(snapshot) {
     const seen = new Set();
     for (const m of snapshot.messages) {
-      keepStreamedText(m, messages.get(m.id));
+      const known = messages.get(m.id);
+      if (m.resumed && known) {
+        // We told the server what we have; it sends only the deltas after it.
+        m.content = known.content;
+        m.seq = known.seq;
+      }
+      keepStreamedText(m, known);
       messages.set(m.id, m);
       seen.add(m.id);
       scheduleDraw(m.id);
@@ -275,7 +281,13 @@
 
   function connect() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    socket = new WebSocket(`${scheme}://${location.host}/ws/conversations/${conversationId}/`);
+    // Tell the server how far each active answer got, so it sends only what we missed.
+    const resume = [...messages.values()]
+      .filter((m) => ACTIVE.has(m.status) && m.attempt > 0)
+      .map((m) => `${m.id}.${m.attempt}.${m.seq}`)
+      .join(",");
+    const query = resume ? `?resume=${resume}` : "";
+    socket = new WebSocket(`${scheme}://${location.host}/ws/conversations/${conversationId}/${query}`);
     socket.addEventListener("open", () => {
       retryDelay = 500;
       connection.textContent = "";

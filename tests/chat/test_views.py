@@ -140,3 +140,15 @@ def test_import_command_registers_models_once():
         call_command("import_ollama_models", host=server.url)
         call_command("import_ollama_models", host=server.url)
     assert LanguageModel.objects.filter(backend="ollama").count() == 1
+
+
+def test_queue_page_shows_every_pool_to_admins_only(client, alice, bob, admin_user, gemma):
+    services.send_message(user=alice, conversation_id=None, text="a", model_id=gemma.pk)
+    services.send_message(user=bob, conversation_id=None, text="b", model_id=gemma.pk)
+    client.force_login(alice)
+    assert client.get(reverse("chat:queue")).status_code == 302  # to the admin login
+    client.force_login(admin_user)
+    page = client.get(reverse("chat:queue")).content.decode()
+    assert "cpu pool" in page and "gpu pool" in page
+    assert page.count('data-status="queued"') == 2
+    assert page.index(">alice<") < page.index(">bob<")  # in the order workers take them

@@ -54,9 +54,19 @@ class ChatClient:
         client.connect()
         return client
 
-    def connect(self) -> None:
+    def connect(self, resume: bool = False) -> None:
+        """Open the socket; with ``resume``, tell the server how far each active answer got
+        (as chat.js does on reconnect), so it sends only what was missed."""
+        url = self.ws_url
+        have = [
+            f"{m['id']}.{m['attempt']}.{m['seq']}"
+            for m in self.messages.values()
+            if m["status"] in ACTIVE and m["attempt"] > 0
+        ]
+        if resume and have:
+            url += "?resume=" + ",".join(have)
         connection = connect(
-            self.ws_url,
+            url,
             origin=self.origin,
             additional_headers={"Cookie": self.cookie},
             open_timeout=10,
@@ -82,6 +92,9 @@ class ChatClient:
             fresh = {m["id"]: m for m in event["messages"]}
             for message_id, message in fresh.items():
                 known = self.messages.get(message_id)
+                if message.get("resumed"):
+                    message["content"], message["seq"] = known["content"], known["seq"]
+                    continue
                 if (
                     known
                     and message["status"] in ACTIVE
@@ -140,7 +153,7 @@ class ChatClient:
     def _reconnect(self, deadline: float) -> None:
         while time.monotonic() < deadline:
             try:
-                self.connect()
+                self.connect(resume=True)
                 self.reconnects += 1
                 return
             except (ConnectionClosed, OSError, TimeoutError):

@@ -98,3 +98,31 @@ def test_stop_closes_the_ollama_stream(alice, worker, web_server):
     saved = Message.objects.get(pk=answer.pk)
     assert saved.status == Message.Status.STOPPED
     assert saved.content.startswith("word0") and "word199" not in saved.content
+
+
+def test_dropped_socket_resumes_from_its_last_seq_with_no_gap_or_duplicate(
+    alice, gemma, worker, web_server
+):
+    gemma.parameters = {**gemma.parameters, "max_tokens": 200}
+    gemma.save()
+    conversation, _, answer = services.send_message(
+        user=alice, conversation_id=None, text="Write a long story about a owl.", model_id=gemma.pk
+    )
+    client = ChatClient.open(web_server.url, conversation.pk, alice)
+    client.wait_until(lambda c: c.messages[answer.pk]["seq"] >= 3)
+    client.close()  # the socket drops (tab asleep, network gone)
+    last_seq = client.messages[answer.pk]["seq"]
+    had = client.messages[answer.pk]["content"]
+    time.sleep(0.5)  # the answer goes on without any client
+    before = len(client.deltas)
+    client.connect(resume=True)  # sends message.attempt.seq it has
+    client.wait_until(finished)
+    client.close()
+    saved = Message.objects.get(pk=answer.pk)
+    assert saved.status == Message.Status.DONE
+    after = [d["seq"] for d in client.deltas[before:] if d["message"] == answer.pk]
+    # Exactly what it missed: the deltas right after its last seq, each once, in order.
+    assert after == list(range(last_seq + 1, last_seq + 1 + len(after)))
+    assert client.gaps == 0
+    assert client.messages[answer.pk]["content"] == saved.content
+    assert saved.content.startswith(had)

@@ -17,6 +17,7 @@ Protocol (JSON):
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qs
 
 import redis
 from channels.db import database_sync_to_async
@@ -51,13 +52,19 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         self.group = publish.group_name(self.conversation_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
-        await self.send_snapshot(conversation)
+        await self.send_snapshot(conversation, resume=_parse_resume(self.scope))
 
     async def disconnect(self, code: int) -> None:
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
-    async def send_snapshot(self, conversation: Conversation | None = None) -> None:
+    async def send_snapshot(
+        self,
+        conversation: Conversation | None = None,
+        resume: dict[int, tuple[int, int]] | None = None,
+    ) -> None:
+        """The database's view. For an answer the client resumes (it sent the attempt and
+        the last seq it has), the text it has is not sent again: just the deltas after."""
         if conversation is None:
             conversation = await database_sync_to_async(selectors.get_conversation_for)(
                 self.scope["user"], self.conversation_id
@@ -66,10 +73,21 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
                 await self.close(code=CLOSE_NOT_FOUND)
                 return
         snapshot = await database_sync_to_async(selectors.conversation_snapshot)(conversation)
+        missed: list[dict[str, Any]] = []
         for message in snapshot["messages"]:
-            if message["status"] in Message.ACTIVE:
-                await _add_replayed_deltas(message)
+            if message["status"] not in Message.ACTIVE:
+                continue
+            have = (resume or {}).get(message["id"])
+            if have and have[0] == message["attempt"]:
+                deltas = await _missed_deltas(message, after_seq=have[1])
+                if deltas is not None:
+                    message.update(content=None, seq=have[1], resumed=True)
+                    missed.extend(deltas)
+                    continue
+            await _add_replayed_deltas(message)
         await self.send_json(snapshot)
+        for delta in missed:
+            await self.send_json({"type": "delta", **delta})
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         if not isinstance(content, dict):
@@ -174,6 +192,31 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
 
     async def message_state(self, event: dict[str, Any]) -> None:
         await self.send_json({"type": "message", "message": event["message"]})
+
+
+def _parse_resume(scope: dict[str, Any]) -> dict[int, tuple[int, int]]:
+    """``?resume=<message>.<attempt>.<seq>,...`` from a reconnecting client."""
+    query = parse_qs(scope.get("query_string", b"").decode())
+    resume: dict[int, tuple[int, int]] = {}
+    for item in ",".join(query.get("resume", [])).split(",")[:20]:
+        parts = item.split(".")
+        if len(parts) == 3 and all(p.isdigit() for p in parts):
+            resume[int(parts[0])] = (int(parts[1]), int(parts[2]))
+    return resume
+
+
+async def _missed_deltas(message: dict[str, Any], after_seq: int) -> list[dict] | None:
+    """The deltas after ``after_seq``, if the replay buffer still holds every one of them
+    (else None: the client gets the full text instead)."""
+    replay = await publish.read_replay(message["id"], message["attempt"], after_seq=after_seq)
+    expected = after_seq + 1
+    for delta in replay:
+        if delta["seq"] != expected:
+            return None
+        expected += 1
+    if expected - 1 < message["seq"]:  # the checkpoint is past what the buffer holds
+        return None
+    return [{"message": message["id"], "attempt": message["attempt"], **d} for d in replay]
 
 
 async def _add_replayed_deltas(message: dict[str, Any]) -> None:

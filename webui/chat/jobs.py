@@ -123,6 +123,39 @@ def publish_queue(pool: str) -> None:
         )
 
 
+def pool_overview() -> list[dict[str, Any]]:
+    """For the admins' queue page: per pool, what runs and what waits, in order."""
+    from workers.queues import POOLS
+
+    overview = []
+    for pool in POOLS:
+        running = (
+            Message.objects.filter(status=Message.Status.RUNNING, model__pool=pool)
+            .select_related("conversation__owner", "model")
+            .order_by("started_at")
+        )
+        overview.append(
+            {
+                "pool": pool,
+                "running": list(running),
+                "queued": [(message, place) for message, place in _places_with_owner(pool)],
+                "seconds_per_answer": expected_answer_seconds(pool),
+            }
+        )
+    return overview
+
+
+def _places_with_owner(pool: str) -> list[tuple[Message, dict[str, Any]]]:
+    places = _places(pool)
+    owners = {
+        m.pk: m
+        for m in Message.objects.filter(pk__in=[m.pk for m, _ in places]).select_related(
+            "conversation__owner", "model"
+        )
+    }
+    return [(owners[m.pk], place) for m, place in places]
+
+
 def wake(pool: str) -> None:
     """Ask one worker of the pool to run the next job (after commit)."""
 

@@ -8,4 +8,5 @@ urlpatterns = [
     path("c/new/", views.start_conversation, name="start"),
     path("c/<int:conversation_id>/", views.conversation_page, name="conversation"),
     path("models/import-ollama/", views.import_ollama_models, name="import_ollama"),
+    path("queue/", views.queue_page, name="queue"),
 ]

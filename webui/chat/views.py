@@ -61,6 +61,14 @@ def start_conversation(request: HttpRequest) -> HttpResponse:
 
 
 @staff_member_required
+def queue_page(request: HttpRequest) -> HttpResponse:
+    """Every pool's running and waiting answers, for admins."""
+    from webui.chat import jobs
+
+    return render(request, "chat/queue.html", {"pools": jobs.pool_overview()})
+
+
+@staff_member_required
 @permission_required("chat.add_languagemodel", raise_exception=True)
 @require_POST
 def import_ollama_models(request: HttpRequest) -> HttpResponse:
