@@ -268,6 +268,7 @@
     const known = messages.get(m.id);
     if (known && m.version < known.version) return; // a late, older event
     if (known && known.queue && m.status === "queued") m.queue = known.queue;
+    if (known && !m.versions) m.versions = known.versions; // state events carry no versions
     keepStreamedText(m, known);
     messages.set(m.id, m);
     scheduleDraw(m.id);

@@ -246,3 +246,32 @@ def test_regenerate_and_edit_make_versions_the_page_moves_between(
     page.reload()  # versions come from the database
     page.locator('[data-role="user"] .version-label').wait_for()
     assert page.locator('[data-role="user"] .version-label').inner_text() == "2/2"
+
+
+def test_a_limit_hit_says_which_and_keeps_the_text_in_the_box(page, alice, gemma, web_server):
+    from webui.chat import services
+    from webui.chat.models import Message
+
+    gemma.pool = "gpu"  # no worker consumes it here: answers stay queued
+    gemma.save()
+    conversation, _, _ = services.send_message(
+        user=alice, conversation_id=None, text="one", model_id=gemma.pk
+    )
+    services.send_message(
+        user=alice, conversation_id=conversation.pk, text="two", model_id=gemma.pk
+    )
+    sign_in(page, web_server.url)
+    page.goto(f"{web_server.url}/c/{conversation.pk}/")
+    page.wait_for_function("() => document.getElementById('chat').dataset.connected === 'true'")
+    # Both answers show where they wait.
+    assert (
+        "Queued: #1 in the gpu queue" in page.locator('[data-role="assistant"]').first.inner_text()
+    )
+    page.get_by_label("Message").fill("a third question")
+    page.get_by_role("button", name="Send").click()
+    alert = page.get_by_role("alert")
+    alert.wait_for()
+    assert "the limit is 2" in alert.inner_text()
+    assert page.get_by_label("Message").input_value() == "a third question"
+    assert Message.objects.filter(content="a third question").count() == 0
+    assert page.locator('[data-role="user"]').count() == 2
