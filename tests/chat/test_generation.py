@@ -20,6 +20,12 @@ from workers import publish, stop_flags
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+def ollama_model(name: str, target: str, host: str) -> LanguageModel:
+    return LanguageModel.objects.create(
+        name=name, backend="ollama", target=target, settings={"host": host}, pool=UNSERVED_POOL
+    )
+
+
 def collect_group_events(conversation_id: int, run) -> list[dict]:
     """Run ``run()`` while listening on the conversation's group; return what arrived."""
     layer = get_channel_layer()
@@ -99,13 +105,7 @@ def test_missing_gguf_fails_fast_with_reason_and_keeps_question(alice, gemma, tm
 
 def test_ollama_model_streams_through_the_same_path(alice):
     with OllamaTestServer(models={"tiny:latest": "Hello from Ollama."}) as server:
-        model = LanguageModel.objects.create(
-            name="ollama/tiny",
-            backend="ollama",
-            target="tiny:latest",
-            settings={"host": server.url},
-            pool=UNSERVED_POOL,
-        )
+        model = ollama_model("ollama/tiny", "tiny:latest", server.url)
         _, _, answer = services.send_message(
             user=alice, conversation_id=None, text="hi", model_id=model.pk
         )
@@ -118,13 +118,7 @@ def test_ollama_model_streams_through_the_same_path(alice):
 
 def test_unknown_ollama_model_and_unreachable_server_fail_with_clear_reasons(alice):
     with OllamaTestServer(models={"tiny:latest": "x"}) as server:
-        missing = LanguageModel.objects.create(
-            name="ollama/missing",
-            backend="ollama",
-            target="missing:7b",
-            settings={"host": server.url},
-            pool=UNSERVED_POOL,
-        )
+        missing = ollama_model("ollama/missing", "missing:7b", server.url)
         _, _, answer = services.send_message(
             user=alice, conversation_id=None, text="hi", model_id=missing.pk
         )
@@ -134,13 +128,7 @@ def test_unknown_ollama_model_and_unreachable_server_fail_with_clear_reasons(ali
 
     from tests.conftest import free_port
 
-    down = LanguageModel.objects.create(
-        name="ollama/down",
-        backend="ollama",
-        target="tiny:latest",
-        settings={"host": f"http://127.0.0.1:{free_port()}"},
-        pool=UNSERVED_POOL,
-    )
+    down = ollama_model("ollama/down", "tiny:latest", f"http://127.0.0.1:{free_port()}")
     _, _, answer = services.send_message(
         user=alice, conversation_id=None, text="hi", model_id=down.pk
     )
@@ -154,13 +142,7 @@ def test_unknown_ollama_model_and_unreachable_server_fail_with_clear_reasons(ali
 def test_stop_lands_within_a_second_even_before_the_first_token(alice):
     """Ollama silent for 3 s per token: Stop must not wait for the next token."""
     with OllamaTestServer(models={"slow:latest": "late words"}, token_delay=3) as server:
-        model = LanguageModel.objects.create(
-            name="ollama/slow",
-            backend="ollama",
-            target="slow:latest",
-            settings={"host": server.url},
-            pool=UNSERVED_POOL,
-        )
+        model = ollama_model("ollama/slow", "slow:latest", server.url)
         _, _, answer = services.send_message(
             user=alice, conversation_id=None, text="hi", model_id=model.pk
         )

@@ -69,6 +69,16 @@ def running_pid(answer: Message, timeout: float = 30) -> int:
     raise TimeoutError(f"answer {answer.pk} never started")
 
 
+def answer_under_way(user, model, text: str, web_server) -> tuple[Message, ChatClient]:
+    """Send ``text``; return its answer once a watching client has seen it stream."""
+    conversation, _, answer = services.send_message(
+        user=user, conversation_id=None, text=text, model_id=model.pk
+    )
+    client = ChatClient.open(web_server.url, conversation.pk, user, resilient=True)
+    client.wait_until(lambda c: len(c.messages[answer.pk]["content"]) > 20)
+    return answer, client
+
+
 def assert_one_clean_answer(client: ChatClient, answer: Message) -> Message:
     saved = Message.objects.get(pk=answer.pk)
     assert saved.conversation.messages.filter(role="assistant").count() == 1
@@ -82,14 +92,9 @@ def test_killed_pool_child_is_noticed_and_the_answer_rerun_once(
     alice, long_gemma, gpu_workers, web_server
 ):
     gpu_workers("child-kill")
-    conversation, _, answer = services.send_message(
-        user=alice,
-        conversation_id=None,
-        text="Tell a long story about the sea.",
-        model_id=long_gemma.pk,
+    answer, client = answer_under_way(
+        alice, long_gemma, "Tell a long story about the sea.", web_server
     )
-    client = ChatClient.open(web_server.url, conversation.pk, alice, resilient=True)
-    client.wait_until(lambda c: len(c.messages[answer.pk]["content"]) > 20)
     child = running_pid(answer)
     os.kill(child, signal.SIGKILL)
     killed_at = time.monotonic()
@@ -108,14 +113,9 @@ def test_killed_worker_process_group_is_rerun_on_a_live_worker(
     alice, long_gemma, gpu_workers, web_server
 ):
     first = gpu_workers("doomed")
-    conversation, _, answer = services.send_message(
-        user=alice,
-        conversation_id=None,
-        text="Describe a city at night, at length.",
-        model_id=long_gemma.pk,
+    answer, client = answer_under_way(
+        alice, long_gemma, "Describe a city at night, at length.", web_server
     )
-    client = ChatClient.open(web_server.url, conversation.pk, alice, resilient=True)
-    client.wait_until(lambda c: len(c.messages[answer.pk]["content"]) > 20)
     # The main process and its pool child die at once, as with the OOM killer.
     os.killpg(first.process.pid, signal.SIGKILL)
     first.process.wait()
@@ -131,14 +131,9 @@ def test_killed_main_process_alone_leaves_one_finished_answer(
     alice, long_gemma, gpu_workers, web_server
 ):
     first = gpu_workers("headless")
-    conversation, _, answer = services.send_message(
-        user=alice,
-        conversation_id=None,
-        text="Explain how rivers form, in detail.",
-        model_id=long_gemma.pk,
+    answer, client = answer_under_way(
+        alice, long_gemma, "Explain how rivers form, in detail.", web_server
     )
-    client = ChatClient.open(web_server.url, conversation.pk, alice, resilient=True)
-    client.wait_until(lambda c: len(c.messages[answer.pk]["content"]) > 20)
     gpu_workers("spare")
     os.kill(first.process.pid, signal.SIGKILL)  # the main process only, not its pool child
     client.wait_until(finished, timeout=90)
