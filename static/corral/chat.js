@@ -44,6 +44,7 @@
   let resyncPending = false;
   let lastEventAt = Date.now();
   let editing = null; // id of the question being edited
+  const unknownAsked = new Set(); // off-screen answers we already asked a snapshot for
   const dirty = new Set();
   let frameRequested = false;
 
@@ -215,7 +216,7 @@
     // A snapshot or state event can be older than the deltas we already applied.
     if (
       known &&
-      ACTIVE.has(m.status) &&
+      m.status === "running" &&
       known.attempt === m.attempt &&
       known.seq > m.seq &&
       known.content.startsWith(m.content)
@@ -227,22 +228,21 @@
   }
 
   function applySnapshot(snapshot) {
-    const seen = new Set();
+    const previous = new Map(messages);
+    messages.clear(); // rebuilt in the snapshot's (the branch's) order
     for (const m of snapshot.messages) {
-      const known = messages.get(m.id);
-      if (m.resumed && known) {
+      const known = previous.get(m.id);
+      if (m.resumed) {
         // We told the server what we have; it sends only the deltas after it.
-        m.content = known.content;
-        m.seq = known.seq;
+        m.content = known ? known.content : "";
+        m.seq = known ? known.seq : 0;
       }
       keepStreamedText(m, known);
       messages.set(m.id, m);
-      seen.add(m.id);
       scheduleDraw(m.id);
     }
-    for (const id of [...messages.keys()]) {
-      if (!seen.has(id)) {
-        messages.delete(id);
+    for (const id of previous.keys()) {
+      if (!messages.has(id)) {
         const el = elements.get(id);
         elements.delete(id);
         if (el) el.remove();
@@ -253,7 +253,14 @@
 
   function applyDelta(d) {
     const m = messages.get(d.message);
-    if (!m) return resync();
+    if (!m) {
+      // An answer on another branch (versions): not on screen. Ask once, not per delta.
+      if (!unknownAsked.has(d.message)) {
+        unknownAsked.add(d.message);
+        resync();
+      }
+      return;
+    }
     if (d.attempt !== m.attempt) return resync(); // a new attempt replaces the text
     if (d.seq <= m.seq) return; // already have it
     if (d.offset !== m.chars || d.seq !== m.seq + 1) return resync();
@@ -266,6 +273,11 @@
 
   function applyState(m) {
     const known = messages.get(m.id);
+    if (!known) {
+      // Only a message that continues the branch on screen belongs on screen.
+      const last = [...messages.values()].pop();
+      if (last && m.parent !== last.id) return;
+    }
     if (known && m.version < known.version) return; // a late, older event
     if (known && known.queue && m.status === "queued") m.queue = known.queue;
     if (known && !m.versions) m.versions = known.versions; // state events carry no versions

@@ -489,7 +489,13 @@ def test_the_token_cap_lowers_a_models_larger_max_tokens(alice, gemma, monkeypat
 
 @pytest.mark.django_db(transaction=True)
 def test_an_answer_over_the_time_limit_stops_and_keeps_its_partial_text(alice, gemma, monkeypatch):
-    monkeypatch.setattr(config, "MAX_GENERATION_S", 0.0)
+    from inference import get_backend
+
+    gemma.parameters = {**gemma.parameters, "max_tokens": 2000}
+    gemma.save()
+    # Loaded beforehand, so tokens flow well before the limit.
+    get_backend("llama_cpp").load(gemma.target, generation.model_spec(gemma).settings)
+    monkeypatch.setattr(config, "MAX_GENERATION_S", 1.0)
     _, _, answer = services.send_message(
         user=alice, conversation_id=None, text="Tell me about the sea.", model_id=gemma.pk
     )
@@ -498,9 +504,9 @@ def test_an_answer_over_the_time_limit_stops_and_keeps_its_partial_text(alice, g
 
     answer.refresh_from_db()
     assert answer.status == Message.Status.STOPPED
-    assert answer.error == "Stopped at the time limit of 0 s."
+    assert answer.error == "Stopped at the time limit of 1 s."
     assert answer.content.strip()  # the text so far is kept
-    assert answer.completion_tokens == 1  # it stopped at the first check, after one chunk
+    assert 0 < answer.completion_tokens < 2000
     assert answer.finished_at is not None
 
 
@@ -563,3 +569,64 @@ def test_the_heartbeat_of_a_reaped_attempt_does_not_revive_it(alice, gemma, monk
 
     row = Message.objects.get(pk=answer.pk)
     assert row.status == Message.Status.QUEUED and row.heartbeat_at is None
+
+
+# Follow-ups, stops on lost workers, orphans, silent backends -------------------------
+
+
+def test_a_follow_up_waits_until_the_answer_before_it_is_written(alice, gemma):
+    with override_settings(CORRAL=limits(active=5)):
+        conversation, _, first = services.send_message(
+            user=alice, conversation_id=None, text="one", model_id=gemma.pk
+        )
+        _, _, follow_up = services.send_message(
+            user=alice, conversation_id=conversation.pk, text="two", model_id=gemma.pk
+        )
+    assert jobs.claim_next(UNSERVED_POOL, "w1").pk == first.pk
+    # The follow-up's prompt must contain the first answer: it is not claimable yet.
+    assert jobs.claim_next(UNSERVED_POOL, "w2") is None
+    Message.objects.filter(pk=first.pk).update(status=Message.Status.DONE, content="1")
+    assert jobs.claim_next(UNSERVED_POOL, "w2").pk == follow_up.pk
+
+
+def test_reaper_honours_a_stop_pressed_while_the_worker_died(alice, gemma):
+    from workers import stop_flags
+
+    _, _, answer = services.send_message(
+        user=alice, conversation_id=None, text="hi", model_id=gemma.pk
+    )
+    stale = timezone.now() - timedelta(seconds=config.HEARTBEAT_STALE_S + 5)
+    Message.objects.filter(pk=answer.pk).update(
+        status=Message.Status.RUNNING, attempts=1, heartbeat_at=stale, content="part"
+    )
+    stop_flags.request_stop(answer.pk, 1)
+    try:
+        assert jobs.reap_stale() == [answer.pk]
+    finally:
+        stop_flags.clear(answer.pk, 1)
+    answer.refresh_from_db()
+    assert answer.status == Message.Status.STOPPED and answer.content == "part"
+    assert answer.attempts == 1  # not re-run
+
+
+def test_queued_answers_of_a_deleted_model_fail_and_free_the_slot(alice, gemma):
+    _, _, answer = services.send_message(
+        user=alice, conversation_id=None, text="hi", model_id=gemma.pk
+    )
+    gemma.delete()
+    assert jobs.fail_orphans() == [answer.pk]
+    answer.refresh_from_db()
+    assert answer.status == Message.Status.FAILED
+    assert answer.error == "The model of this answer was deleted."
+
+
+@pytest.mark.django_db(transaction=True)
+def test_heartbeat_ends_a_silent_answer_at_the_time_limit(alice, gemma, monkeypatch):
+    monkeypatch.setattr(config, "MAX_GENERATION_S", 0.2)
+    _, _, answer = services.send_message(
+        user=alice, conversation_id=None, text="hi", model_id=gemma.pk
+    )
+    answer = jobs.claim_next(UNSERVED_POOL, "w")
+    with jobs.Heartbeat(answer) as heartbeat:
+        assert heartbeat.cancelled.wait(timeout=3)  # no token needed to notice
+        assert heartbeat.timed_out

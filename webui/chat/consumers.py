@@ -75,8 +75,8 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         snapshot = await database_sync_to_async(selectors.conversation_snapshot)(conversation)
         missed: list[dict[str, Any]] = []
         for message in snapshot["messages"]:
-            if message["status"] not in Message.ACTIVE:
-                continue
+            if message["status"] != Message.Status.RUNNING:
+                continue  # a queued answer has no text yet (a re-queued one, no longer)
             have = (resume or {}).get(message["id"])
             if have and have[0] == message["attempt"]:
                 deltas = await _missed_deltas(message, after_seq=have[1])

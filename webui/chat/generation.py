@@ -129,18 +129,27 @@ def run_next(pool: str, worker: str) -> Message | None:
     if answer is None:
         return None
     transaction.on_commit(lambda: jobs.publish_queue(pool))  # everyone behind moved up
-    with jobs.Heartbeat(answer) as heartbeat:
-        return generate(answer, heartbeat.cancelled)
+    try:
+        with jobs.Heartbeat(answer) as heartbeat:
+            return generate(answer, heartbeat.cancelled, heartbeat)
+    finally:
+        # Follow-ups that waited for this answer can run now: wake a worker for them.
+        if jobs.queue_of(pool):
+            jobs.wake(pool)
 
 
-def generate(answer: Message, cancelled: threading.Event | None = None) -> Message:
-    """Stream a claimed answer, then save the outcome. ``cancelled`` is Stop, pressed."""
+def generate(
+    answer: Message,
+    cancelled: threading.Event | None = None,
+    heartbeat: jobs.Heartbeat | None = None,
+) -> Message:
+    """Stream a claimed answer, then save the outcome. ``cancelled`` is Stop, pressed (or
+    the heartbeat's time limit, which it then reports as ``timed_out``)."""
     cancelled = cancelled or threading.Event()
     publish_message(answer)
     stream = AnswerStream(answer)
     finished: Finished | None = None
     status, error = Message.Status.DONE, ""
-    deadline = time.monotonic() + config.MAX_GENERATION_S
     try:
         if answer.model is None:
             raise BackendError("The model of this answer was deleted.")
@@ -154,14 +163,13 @@ def generate(answer: Message, cancelled: threading.Event | None = None) -> Messa
                     finished = item
                 elif stream.add(item.text):
                     stream.flush()
-                    if time.monotonic() > deadline:
-                        status = Message.Status.STOPPED
-                        error = f"Stopped at the time limit of {config.MAX_GENERATION_S:g} s."
-                        break
         finally:
             items.close()  # closes the upstream stream (llama.cpp loop or HTTP response)
         stream.flush()
-        if cancelled.is_set():
+        if heartbeat is not None and heartbeat.timed_out:
+            status = Message.Status.STOPPED
+            error = f"Stopped at the time limit of {config.MAX_GENERATION_S:g} s."
+        elif cancelled.is_set():
             status, error = Message.Status.STOPPED, "Stopped by the user."
     except LostOwnership:
         return _drop_attempt(answer)

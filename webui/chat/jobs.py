@@ -171,8 +171,13 @@ def wake(pool: str) -> None:
 
 
 def claim_next(pool: str, worker: str) -> Message | None:
-    """Take the fairest queued answer of the pool, or None when nothing waits."""
+    """Take the fairest queued answer of the pool, or None when nothing waits.
+
+    A follow-up waits while the answer before it is still being written: its prompt must
+    contain that answer."""
     for candidate in queue_of(pool):
+        if waits_for_earlier_answer(candidate):
+            continue
         now = timezone.now()
         claimed = Message.objects.filter(pk=candidate.pk, status=Message.Status.QUEUED).update(
             status=Message.Status.RUNNING,
@@ -187,6 +192,14 @@ def claim_next(pool: str, worker: str) -> Message | None:
             publish.reset_replay(answer.pk, answer.attempts)
             return answer
     return None
+
+
+def waits_for_earlier_answer(answer: Message) -> bool:
+    """True while the answer before ``answer``'s question is queued or running."""
+    return Message.objects.filter(
+        pk=Message.objects.filter(pk=answer.parent_id).values("parent_id")[:1],
+        status__in=Message.ACTIVE,
+    ).exists()
 
 
 def still_ours(answer: Message) -> Q:
@@ -206,6 +219,10 @@ class Heartbeat:
     def __init__(self, answer: Message) -> None:
         self.answer = answer
         self.cancelled = threading.Event()
+        # Set with ``cancelled`` when the answer ran past CORRAL_MAX_GENERATION_S, even if
+        # the backend went silent and no token arrives to check it.
+        self.timed_out = False
+        self._deadline = time.monotonic() + config.MAX_GENERATION_S
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="corral-heartbeat", daemon=True)
 
@@ -225,13 +242,19 @@ class Heartbeat:
             while not self._stop.wait(min(STOP_POLL_S, config.HEARTBEAT_INTERVAL_S)):
                 if stop_flags.stop_requested(self.answer.pk, self.answer.attempts):
                     self.cancelled.set()
-                if time.monotonic() - last_beat >= config.HEARTBEAT_INTERVAL_S:
-                    last_beat = time.monotonic()
+                if time.monotonic() > self._deadline:
+                    self.timed_out = True
+                    self.cancelled.set()
+                if time.monotonic() - last_beat < config.HEARTBEAT_INTERVAL_S:
+                    continue
+                try:  # one failed beat (a locked or restarting database) must not end them
                     Message.objects.filter(still_ours(self.answer)).update(
                         heartbeat_at=timezone.now()
                     )
-        except Exception:
-            logger.warning("heartbeat of answer %s failed", self.answer.pk, exc_info=True)
+                    last_beat = time.monotonic()
+                except Exception:
+                    logger.warning("heartbeat of answer %s failed", self.answer.pk, exc_info=True)
+                    close_old_connections()
         finally:
             connection.close()  # this thread's own connection
 
@@ -259,7 +282,17 @@ def reap_stale(now: datetime | None = None) -> list[int]:
                 attempts=answer.attempts,
                 heartbeat_at=answer.heartbeat_at,
             )
-            if answer.attempts < config.MAX_ATTEMPTS and answer.model is not None:
+            from workers import stop_flags
+
+            if stop_flags.stop_requested(answer.pk, answer.attempts):
+                # Stop was pressed while its worker was dying: honour it, do not re-run.
+                changed = same_attempt.update(
+                    status=Message.Status.STOPPED,
+                    error="Stopped by the user.",
+                    finished_at=now,
+                    version=F("version") + 1,
+                )
+            elif answer.attempts < config.MAX_ATTEMPTS and answer.model is not None:
                 # The partial text is dropped: the next attempt writes the answer anew.
                 changed = same_attempt.update(
                     status=Message.Status.QUEUED,
@@ -286,7 +319,9 @@ def reap_stale(now: datetime | None = None) -> list[int]:
 
                 publish_message(answer)
                 if answer.model is not None:
-                    transaction.on_commit(lambda pool=answer.model.pool: publish_queue(pool))
+                    transaction.on_commit(
+                        lambda pool=answer.model.pool: publish_queue(pool), robust=True
+                    )
         if changed:
             logger.warning(
                 "answer %s: worker %s lost (attempt %s) -> %s",
@@ -316,12 +351,32 @@ def wake_forgotten_queues(now: datetime | None = None) -> list[str]:
     return sorted(pools - busy)
 
 
+def fail_orphans() -> list[int]:
+    """Queued answers whose model was deleted can never run: say so, and free the slot."""
+    from webui.chat.services import publish_message
+
+    failed = []
+    for answer in Message.objects.filter(status=Message.Status.QUEUED, model=None):
+        changed = Message.objects.filter(pk=answer.pk, status=Message.Status.QUEUED).update(
+            status=Message.Status.FAILED,
+            error="The model of this answer was deleted.",
+            finished_at=timezone.now(),
+            version=F("version") + 1,
+        )
+        if changed:
+            answer.refresh_from_db()
+            publish_message(answer)
+            failed.append(answer.pk)
+    return failed
+
+
 def run_reaper_forever(stop: threading.Event) -> None:
     """Body of the reaper thread in every worker's main process and in `make run`."""
     while not stop.wait(config.REAP_INTERVAL_S):
         try:
             close_old_connections()
             reap_stale()
+            fail_orphans()
             wake_forgotten_queues()
         except Exception:
             logger.warning("reaper pass failed", exc_info=True)

@@ -38,6 +38,7 @@ def message_payload(message: Message) -> dict[str, Any]:
     return {
         "id": message.pk,
         "role": message.role,
+        "parent": message.parent_id,
         "content": message.content,
         "status": message.status,
         "error": message.error,

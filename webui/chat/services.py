@@ -130,7 +130,7 @@ def _queue_answer(
     publish_message(answer)
     if model is not None:
         jobs.wake(model.pool)
-        transaction.on_commit(lambda: jobs.publish_queue(model.pool))
+        transaction.on_commit(lambda: jobs.publish_queue(model.pool), robust=True)
     return answer
 
 
@@ -215,7 +215,7 @@ def stop_answer(*, user: AbstractBaseUser, message_id: int) -> Message:
             answer.refresh_from_db()
             publish_message(answer)
             if answer.model is not None:
-                transaction.on_commit(lambda: jobs.publish_queue(answer.model.pool))
+                transaction.on_commit(lambda: jobs.publish_queue(answer.model.pool), robust=True)
             return answer
     answer.refresh_from_db()
     if answer.status == Message.Status.RUNNING:
