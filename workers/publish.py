@@ -17,8 +17,10 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 from channels.layers import get_channel_layer
 from django.db import transaction
@@ -154,12 +156,15 @@ async def read_replay(message_id: int, attempt: int, after_seq: int) -> list[dic
     return [entry for entry in entries if entry["seq"] > after_seq]
 
 
+@cache
+def _sync_redis() -> redis.Redis:
+    return redis.Redis.from_url(config.redis_url())
+
+
 def reset_replay(message_id: int, attempt: int) -> None:
     """Start an attempt's replay buffer empty (ids repeat when a database is reset)."""
-    import redis
-
     try:
-        redis.Redis.from_url(config.redis_url()).delete(replay_key(message_id, attempt))
+        _sync_redis().delete(replay_key(message_id, attempt))
     except redis.RedisError:
         logger.warning("could not reset the replay buffer of %s", message_id, exc_info=True)
 

@@ -128,9 +128,9 @@ def run_next(pool: str, worker: str) -> Message | None:
     answer = jobs.claim_next(pool, worker)
     if answer is None:
         return None
-    transaction.on_commit(lambda: jobs.publish_queue(pool))  # everyone behind moved up
     try:
-        with jobs.Heartbeat(answer) as heartbeat:
+        # Everyone behind moved up: told from the heartbeat thread, off the first token's path.
+        with jobs.Heartbeat(answer, first=lambda: jobs.publish_queue(pool)) as heartbeat:
             return generate(answer, heartbeat.cancelled, heartbeat)
     finally:
         # Follow-ups that waited for this answer can run now: wake a worker for them.

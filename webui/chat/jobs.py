@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -35,7 +36,7 @@ def _queued_in(pool: str) -> list[Message]:
         Message.objects.filter(
             role=Message.Role.ASSISTANT, status=Message.Status.QUEUED, model__pool=pool
         )
-        .select_related("conversation")
+        .select_related("conversation", "parent__parent")
         .order_by("created_at", "pk")
     )
 
@@ -67,6 +68,8 @@ def fair_order(queued: list[Message], last_start: dict[int, datetime]) -> list[M
 def queue_of(pool: str) -> list[Message]:
     """The pool's queued answers in the order workers will take them."""
     queued = _queued_in(pool)
+    if len(queued) < 2:
+        return queued  # nothing to order (the common case at idle: one query, not two)
     owners = {m.conversation.owner_id for m in queued}
     rows = (
         Message.objects.filter(
@@ -195,11 +198,11 @@ def claim_next(pool: str, worker: str) -> Message | None:
 
 
 def waits_for_earlier_answer(answer: Message) -> bool:
-    """True while the answer before ``answer``'s question is queued or running."""
-    return Message.objects.filter(
-        pk=Message.objects.filter(pk=answer.parent_id).values("parent_id")[:1],
-        status__in=Message.ACTIVE,
-    ).exists()
+    """True while the answer before ``answer``'s question is queued or running.
+    (``answer`` comes from ``queue_of``, which loaded its parent and grandparent.)"""
+    question = answer.parent
+    earlier = question.parent if question is not None else None
+    return earlier is not None and earlier.status in Message.ACTIVE
 
 
 def still_ours(answer: Message) -> Q:
@@ -216,8 +219,11 @@ class Heartbeat:
     lands within a second even while no token arrives: it sets ``cancelled``, which the
     generation loop and the backend watch."""
 
-    def __init__(self, answer: Message) -> None:
+    def __init__(self, answer: Message, first: Callable[[], None] | None = None) -> None:
+        """``first`` runs in the thread as it starts: work that must not delay the first
+        token (telling the rest of the queue that it moved up)."""
         self.answer = answer
+        self._first = first
         self.cancelled = threading.Event()
         # Set with ``cancelled`` when the answer ran past CORRAL_MAX_GENERATION_S, even if
         # the backend went silent and no token arrives to check it.
@@ -239,6 +245,11 @@ class Heartbeat:
 
         last_beat = time.monotonic()
         try:
+            if self._first is not None:
+                try:
+                    self._first()
+                except Exception:
+                    logger.warning("could not publish the queue", exc_info=True)
             while not self._stop.wait(min(STOP_POLL_S, config.HEARTBEAT_INTERVAL_S)):
                 if stop_flags.stop_requested(self.answer.pk, self.answer.attempts):
                     self.cancelled.set()
