@@ -362,23 +362,27 @@ def wake_forgotten_queues(now: datetime | None = None) -> list[str]:
     return sorted(pools - busy)
 
 
-def fail_orphans() -> list[int]:
-    """Queued answers whose model was deleted can never run: say so, and free the slot."""
+def end_queued(answer: Message, status: str, error: str) -> bool:
+    """End ``answer`` with ``status`` if it is still queued (no worker will claim it),
+    and tell its clients. False if a worker took it first."""
     from webui.chat.services import publish_message
 
-    failed = []
-    for answer in Message.objects.filter(status=Message.Status.QUEUED, model=None):
-        changed = Message.objects.filter(pk=answer.pk, status=Message.Status.QUEUED).update(
-            status=Message.Status.FAILED,
-            error="The model of this answer was deleted.",
-            finished_at=timezone.now(),
-            version=F("version") + 1,
-        )
-        if changed:
-            answer.refresh_from_db()
-            publish_message(answer)
-            failed.append(answer.pk)
-    return failed
+    changed = Message.objects.filter(pk=answer.pk, status=Message.Status.QUEUED).update(
+        status=status, error=error, finished_at=timezone.now(), version=F("version") + 1
+    )
+    if changed:
+        answer.refresh_from_db()
+        publish_message(answer)
+    return bool(changed)
+
+
+def fail_orphans() -> list[int]:
+    """Queued answers whose model was deleted can never run: say so, and free the slot."""
+    return [
+        answer.pk
+        for answer in Message.objects.filter(status=Message.Status.QUEUED, model=None)
+        if end_queued(answer, Message.Status.FAILED, "The model of this answer was deleted.")
+    ]
 
 
 def run_reaper_forever(stop: threading.Event) -> None:

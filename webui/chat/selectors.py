@@ -98,8 +98,7 @@ def conversation_snapshot(conversation: Conversation) -> dict[str, Any]:
         versions = versions_of(message, everything)
         payload["versions"] = {"ids": versions, "index": versions.index(message.pk) + 1}
         payloads.append(payload)
-    messages = branch
-    pools = {m.model.pool for m in messages if m.status == Message.Status.QUEUED and m.model}
+    pools = {m.model.pool for m in branch if m.status == Message.Status.QUEUED and m.model}
     places: dict[int, dict[str, Any]] = {}
     for pool in pools:
         places.update(jobs.queue_positions(pool))

@@ -9,7 +9,6 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
 from webui.chat import jobs, selectors
@@ -203,17 +202,7 @@ def stop_answer(*, user: AbstractBaseUser, message_id: int) -> Message:
     if answer is None or answer.role != Message.Role.ASSISTANT:
         raise Message.DoesNotExist
     with transaction.atomic():
-        stopped_in_queue = Message.objects.filter(
-            pk=answer.pk, status=Message.Status.QUEUED
-        ).update(
-            status=Message.Status.STOPPED,
-            error="Stopped before it started.",
-            finished_at=timezone.now(),
-            version=F("version") + 1,
-        )
-        if stopped_in_queue:
-            answer.refresh_from_db()
-            publish_message(answer)
+        if jobs.end_queued(answer, Message.Status.STOPPED, "Stopped before it started."):
             if answer.model is not None:
                 transaction.on_commit(lambda: jobs.publish_queue(answer.model.pool), robust=True)
             return answer
