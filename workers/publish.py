@@ -36,6 +36,11 @@ def group_name(conversation_id: int) -> str:
     return f"conversation.{conversation_id}"
 
 
+def user_group_name(user_id: int) -> str:
+    """Every open socket of one person: account changes reach them all."""
+    return f"user.{user_id}"
+
+
 def replay_key(message_id: int, attempt: int) -> str:
     return f"corral:deltas:{message_id}:{attempt}"
 
@@ -142,6 +147,13 @@ def publish_event(conversation_id: int, event: dict[str, Any]) -> None:
     """Send ``event`` to the conversation's group once the current transaction commits."""
     transaction.on_commit(
         lambda: _sender.submit("event", (group_name(conversation_id), event)), robust=True
+    )
+
+
+def publish_user_event(user_id: int, event: dict[str, Any]) -> None:
+    """Send ``event`` to every socket of one person once the current transaction commits."""
+    transaction.on_commit(
+        lambda: _sender.submit("event", (user_group_name(user_id), event)), robust=True
     )
 
 

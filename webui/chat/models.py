@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.auth.models import Group
 from django.db import models
 
 
@@ -27,6 +28,8 @@ class LanguageModel(models.Model):
     # Default sampling parameters (inference.SamplingOptions fields).
     parameters = models.JSONField(default=dict, blank=True)
     enabled = models.BooleanField(default=True)
+    # Who may use it: members of these groups, or everyone when there are none.
+    groups = models.ManyToManyField(Group, blank=True, related_name="language_models")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -36,11 +39,30 @@ class LanguageModel(models.Model):
         return self.name
 
 
+class TitleStatus(models.TextChoices):
+    # The first words of the first question, until a title job replaces them.
+    PROVISIONAL = "provisional"
+    PENDING = "pending"  # waiting for a worker with nothing else to do
+    RUNNING = "running"
+    AUTO = "auto"  # written by the model
+    USER = "user"  # the person renamed it: never overwritten
+
+
 class Conversation(models.Model):
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
     )
     title = models.CharField(max_length=200, blank=True)
+    title_status = models.CharField(
+        max_length=12, choices=TitleStatus.choices, default=TitleStatus.PROVISIONAL
+    )
+    pinned = models.BooleanField(default=False)
+    # Hidden from the sidebar, still found by search.
+    archived = models.BooleanField(default=False)
+    # Sent first in every request of this conversation, when not empty.
+    system_prompt = models.TextField(blank=True)
+    # Sampling parameters over the model's defaults (inference.SamplingOptions fields).
+    parameters = models.JSONField(default=dict, blank=True)
     model = models.ForeignKey(LanguageModel, null=True, blank=True, on_delete=models.SET_NULL)
     # Last message of the branch on screen: regenerating or editing makes a new branch,
     # and the ‹ 1/2 › controls move between branches by moving this.
@@ -52,7 +74,10 @@ class Conversation(models.Model):
 
     class Meta:
         ordering = ["-updated_at"]
-        indexes = [models.Index(fields=["owner", "-updated_at"])]
+        indexes = [
+            models.Index(fields=["owner", "-updated_at"]),
+            models.Index(fields=["owner", "archived", "-pinned", "-updated_at", "-id"]),
+        ]
 
     def __str__(self) -> str:
         return self.title or f"Conversation {self.pk}"
@@ -117,3 +142,17 @@ class Message(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in self.ACTIVE
+
+
+class SharedLink(models.Model):
+    """A read-only link to one conversation; revoking it makes the link a 404."""
+
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="shared_links"
+    )
+    token = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"Link to conversation {self.conversation_id}"
