@@ -18,5 +18,10 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("setup/<str:token>/", account_views.first_admin_setup, name="setup"),
     path("healthz", healthz, name="healthz"),
+    path("", include("webui.accounts.urls")),
+    path("", include("webui.accounts.usage_urls")),
+    path("", include("webui.accounts.lockout_urls")),
+    path("", include("webui.chat.conversation_urls")),
+    path("", include("webui.chat.settings_urls")),
     path("", include("webui.chat.urls")),
 ]

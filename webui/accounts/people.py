@@ -84,4 +84,3 @@ def delete(actor: AbstractBaseUser, person: AbstractBaseUser) -> None:
     with transaction.atomic():
         sessions.end_all(person, "Your account was deleted.")
         person.delete()
-

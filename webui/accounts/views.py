@@ -36,3 +36,7 @@ def first_admin_setup(request: HttpRequest, token: str) -> HttpResponse:
         {"errors": errors, "username": username},
         status=400 if errors else 200,
     )
+
+
+def waiting(request: HttpRequest) -> HttpResponse:
+    return render(request, "accounts/waiting.html")
