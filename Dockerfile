@@ -62,7 +62,8 @@ RUN pip install --no-cache-dir --no-deps -e .
 USER corral
 VOLUME /data
 EXPOSE 8000
-CMD ["uvicorn", "webui.asgi:application", "--host", "0.0.0.0", "--port", "8000"]
+# --ws-max-size: webui.config.WS_MAX_BYTES's default (CORRAL_MAX_MESSAGE_CHARS * 4 + 64 KiB).
+CMD ["uvicorn", "webui.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--ws-max-size", "193536"]
 
 # ---------------------------------------------------------------------------------------------
 # gpu-build: llama-cpp-python compiled against CUDA, then the rest of the dependencies.

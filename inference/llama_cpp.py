@@ -91,6 +91,8 @@ class LlamaCppBackend:
             llm = self.load(request.model.target, request.model.settings)
             options = request.options
             messages = fit_context(llm, request.messages, options.max_tokens)
+            if llm.chat_format in SYSTEM_IN_FIRST_TURN:
+                messages = fold_system_prompt(messages)
             try:
                 chunks = llm.create_chat_completion(
                     messages=[{"role": m.role, "content": m.content} for m in messages],
@@ -121,6 +123,24 @@ class LlamaCppBackend:
             finally:
                 chunks.close()  # stops the decode loop when the caller stops early
             yield Finished(reason=reason, usage=_usage(llm, "".join(text_parts), reason))
+
+
+# llama-cpp-python's formats for these drop system messages silently; Gemma's own
+# template puts the system text at the start of the first user turn instead.
+SYSTEM_IN_FIRST_TURN = frozenset({"gemma"})
+
+
+def fold_system_prompt(messages: tuple[ChatMessage, ...]) -> tuple[ChatMessage, ...]:
+    """System messages joined into the start of the first user turn (as Gemma 3 does)."""
+    system = "\n\n".join(m.content for m in messages if m.role == "system" and m.content)
+    turns = [m for m in messages if m.role != "system"]
+    if not system:
+        return tuple(turns)
+    first_user = next((i for i, m in enumerate(turns) if m.role == "user"), None)
+    if first_user is None:
+        return (ChatMessage(role="user", content=system), *turns)
+    turns[first_user] = ChatMessage(role="user", content=f"{system}\n\n{turns[first_user].content}")
+    return tuple(turns)
 
 
 # Template tokens around each message (role markers, separators), generously counted.

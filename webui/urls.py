@@ -4,6 +4,7 @@ from django.contrib.auth.decorators import login_not_required
 from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
 
+from webui.accounts import urls as account_urls
 from webui.accounts import views as account_views
 
 
@@ -19,6 +20,12 @@ urlpatterns = [
     path("setup/<str:token>/", account_views.first_admin_setup, name="setup"),
     path("healthz", healthz, name="healthz"),
     path("", include("webui.accounts.urls")),
+    path("", include((account_urls.manage_patterns, "manage"))),
+    path(
+        "reset/<uidb64>/<token>/",
+        account_views.PasswordResetConfirmView.as_view(),
+        name="password_reset_confirm",
+    ),
     path("", include("webui.accounts.usage_urls")),
     path("", include("webui.accounts.lockout_urls")),
     path("", include("webui.chat.conversation_urls")),

@@ -183,3 +183,14 @@ def reset_replay(message_id: int, attempt: int) -> None:
 
 def flush(timeout: float = 5.0) -> bool:
     return _sender.flush(timeout)
+
+
+def delete_replays(pairs: list[tuple[int, int]]) -> None:
+    """Drop the replay buffers of these (message id, attempt) pairs (a deleted
+    conversation's); best-effort, as they expire within REPLAY_TTL_S anyway."""
+    if not pairs:
+        return
+    try:
+        _sync_redis().delete(*(replay_key(message_id, attempt) for message_id, attempt in pairs))
+    except redis.RedisError:
+        logger.warning("could not delete %d replay buffers", len(pairs), exc_info=True)

@@ -17,15 +17,12 @@
   const emptyNote = list.querySelector(".empty"); // looked up before any model output exists
 
   const messages = new Map(); // id -> message payload (content, seq, status, ...)
+  // Sends and edits the server has not yet confirmed: request id -> {kind, text, message}.
+  // The typed text stays where it was typed until the server says it saved it.
+  const pending = new Map();
+  const PENDING_PATIENCE_MS = 15000; // then Send works again (the text is still there)
   const elements = new Map(); // id -> <article>; never looked up in the DOM (model output is there)
   const ACTIVE = new Set(["queued", "running"]);
-  // Sanitized markdown may not carry anything that looks like our own UI.
-  const PURIFY = {
-    USE_PROFILES: { html: true },
-    ALLOW_DATA_ATTR: false,
-    FORBID_TAGS: ["style", "form", "input", "button", "textarea", "select", "option", "article"],
-    FORBID_ATTR: ["id", "name", "role", "aria-busy", "style"],
-  };
   // The server counts text in code points; JavaScript strings count UTF-16 units.
   const codePoints = (text) => {
     let n = 0;
@@ -40,6 +37,8 @@
   };
 
   let socket = null;
+  let signedOut = false;
+  let signOutReason = "";
   let retryDelay = 500;
   let resyncPending = false;
   let lastEventAt = Date.now();
@@ -54,13 +53,54 @@
   }
 
   function renderMarkdown(target, text) {
-    // Model output is untrusted: markdown to HTML, then DOMPurify, never raw HTML.
-    if (window.marked && window.DOMPurify) {
-      const html = window.marked.parse(text, { gfm: true, breaks: false });
-      target.innerHTML = window.DOMPurify.sanitize(html, PURIFY);
-    } else {
-      target.textContent = text;
+    window.CorralMarkdown.render(target, text);
+    addCopyButtons(target);
+  }
+
+  function addCopyButtons(target) {
+    // Our own elements, made after sanitizing: model output cannot make buttons. Their
+    // labels are CSS, so the message's text stays exactly the model's text.
+    for (const pre of target.querySelectorAll("pre")) {
+      const code = pre.querySelector("code") || pre;
+      const text = code.textContent.replace(/\n$/, "");
+      const block = document.createElement("div");
+      block.className = "code-block";
+      pre.replaceWith(block);
+      const copy = document.createElement("button");
+      copy.type = "button";
+      copy.className = "copy-code";
+      copy.setAttribute("aria-label", "Copy code");
+      copy.addEventListener("click", () => {
+        copyText(text).then(
+          () => flashCopied(copy, "true"),
+          () => flashCopied(copy, "false"),
+        );
+      });
+      block.append(copy, pre);
     }
+  }
+
+  function flashCopied(copy, outcome) {
+    copy.dataset.copied = outcome; // CSS shows "Copied" (or "Copy failed")
+    clearTimeout(copy.copiedTimer);
+    copy.copiedTimer = setTimeout(() => delete copy.dataset.copied, 2000);
+  }
+
+  function copyText(text) {
+    if (navigator.clipboard && window.isSecureContext) return navigator.clipboard.writeText(text);
+    // Plain http on a LAN address has no clipboard API: the older, synchronous way.
+    return new Promise((resolve, reject) => {
+      const helper = document.createElement("textarea");
+      helper.value = text;
+      helper.readOnly = true;
+      helper.className = "clipboard-helper";
+      document.body.append(helper);
+      helper.select();
+      const copied = document.execCommand("copy");
+      helper.remove();
+      if (copied) resolve();
+      else reject(new Error("copy refused"));
+    });
   }
 
   function statusText(m) {
@@ -156,12 +196,13 @@
     }
   }
 
-  function openEditor(m) {
-    editing = m.id;
+  function openEditor(m, text = m.content) {
     const el = elements.get(m.id);
+    if (!el) return;
+    editing = m.id;
     const [body, , , , actions] = el.children;
     const area = document.createElement("textarea");
-    area.value = m.content;
+    area.value = text;
     area.setAttribute("aria-label", "Edit message");
     area.rows = 3;
     body.replaceChildren(area);
@@ -169,24 +210,112 @@
       editing = null;
       draw(messages.get(m.id) || m);
     };
-    actions.replaceChildren(
-      button("Save edit", () => {
-        if (!area.value.trim()) return showError("Type a message before sending.");
-        send({ type: "edit", message: m.id, text: area.value, model: modelSelect.value || null });
-        close();
-      }),
-      button("Cancel", close),
-    );
+    const save = button("Save edit", () => {
+      if (!area.value.trim()) return showError("Type a message before sending.");
+      // The editor stays open (its Save disabled) until the server saved the edit.
+      const sent = send(
+        { type: "edit", message: m.id, text: area.value, model: modelSelect.value || null },
+        { kind: "edit", text: area.value, message: m.id },
+      );
+      if (sent) save.disabled = true;
+    });
+    actions.replaceChildren(save, button("Cancel", close));
     area.focus();
   }
 
-  function send(payload) {
+  function closeEditor(id) {
+    if (editing !== id) return;
+    editing = null;
+    const m = messages.get(id);
+    if (m) draw(m);
+  }
+
+  function requestId() {
+    // crypto.randomUUID needs a secure context; getRandomValues works on plain http too.
+    const bytes = new Uint8Array(16);
+    crypto.getRandomValues(bytes);
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  // Sends ``payload``; with ``track`` ({kind, text, message}) it also carries a request id
+  // and waits for the server's "accepted" or "error" naming it. False if not connected.
+  function send(payload, track) {
     if (!socket || socket.readyState !== WebSocket.OPEN) {
       showError("Not connected yet; try again in a moment.");
-      return;
+      return false;
     }
     showError("");
+    if (track) {
+      const request = requestId();
+      payload = { ...payload, request };
+      const entry = { ...track, patient: true };
+      entry.timer = setTimeout(() => {
+        // No word from the server: let the person try again; a late "accepted" still counts.
+        entry.patient = false;
+        if (entry.kind === "edit") enableEditorSave(entry.message);
+        updateControls();
+      }, PENDING_PATIENCE_MS);
+      pending.set(request, entry);
+    }
     socket.send(JSON.stringify(payload));
+    updateControls();
+    return true;
+  }
+
+  function settle(request) {
+    const entry = pending.get(request);
+    if (!entry) return null;
+    clearTimeout(entry.timer);
+    pending.delete(request);
+    updateControls();
+    return entry;
+  }
+
+  function accepted(request) {
+    const entry = settle(request);
+    if (!entry) return;
+    if (entry.kind === "send") {
+      // Only what was sent is cleared: the person may have typed on meanwhile.
+      if (input.value === entry.text) input.value = "";
+    } else if (entry.kind === "edit") {
+      closeEditor(entry.message);
+    }
+  }
+
+  function refused(data) {
+    const entry = data.request ? settle(data.request) : null;
+    showError(data.message || "Something went wrong.");
+    if (entry && entry.kind === "edit") {
+      const m = messages.get(entry.message);
+      if (editing === entry.message) enableEditorSave(entry.message);
+      else if (m) openEditor(m, entry.text); // the text goes back where it was typed
+      return;
+    }
+    if (!entry && data.edit) {
+      // A server that does not name the request: the edit's editor is still open.
+      for (const [request, other] of pending) {
+        if (other.kind === "edit" && other.message === data.edit) settle(request);
+      }
+      enableEditorSave(data.edit);
+      return;
+    }
+    // The text is normally still in the box; this fills it only if the box was emptied.
+    if (data.text && !input.value) input.value = data.text;
+  }
+
+  function enableEditorSave(id) {
+    if (editing !== id) return;
+    const el = elements.get(id);
+    const save = el && el.children[4].firstElementChild;
+    if (save) save.disabled = false;
+  }
+
+  function forgetPending() {
+    // The socket closed: whether the server saved them is unknown; the texts stay put.
+    for (const [request, entry] of pending) {
+      settle(request);
+      if (entry.kind === "edit") enableEditorSave(entry.message);
+    }
   }
 
   function scheduleDraw(id) {
@@ -209,7 +338,39 @@
   function updateControls() {
     let active = false;
     for (const m of messages.values()) if (ACTIVE.has(m.status)) active = true;
-    stopButton.disabled = !active;
+    stopButton.disabled = !active || signedOut;
+    let waiting = false;
+    for (const entry of pending.values()) if (entry.kind === "send" && entry.patient) waiting = true;
+    sendButton.disabled = waiting || signedOut;
+    if (waiting) form.setAttribute("aria-busy", "true");
+    else form.removeAttribute("aria-busy");
+  }
+
+  function setTitle(title) {
+    document.getElementById("title").textContent = title;
+    document.title = `${title} · Corral`;
+  }
+
+  function applyTitle(data) {
+    const id = Number(data.conversation);
+    if (!Number.isInteger(id) || typeof data.title !== "string") return;
+    if (String(id) === conversationId) setTitle(data.title);
+    const link = document.querySelector(`li[data-conversation-id="${id}"] .conversation-link`);
+    if (link) link.textContent = data.title;
+  }
+
+  function showSignedOut(code) {
+    signedOut = true;
+    const reason =
+      signOutReason ||
+      (code === 4403 ? "Your account is waiting for approval." : "You were signed out.");
+    const link = document.createElement("a");
+    link.href = "/login/";
+    link.textContent = "Sign in again";
+    connection.replaceChildren(`${reason} `, link);
+    root.dataset.connected = "false";
+    root.dataset.signedOut = "true";
+    updateControls();
   }
 
   function keepStreamedText(m, known) {
@@ -246,9 +407,10 @@
         const el = elements.get(id);
         elements.delete(id);
         if (el) el.remove();
+        if (editing === id) editing = null; // an edited question leaves the branch
       }
     }
-    if (snapshot.conversation) document.getElementById("title").textContent = snapshot.conversation.title;
+    if (snapshot.conversation) setTitle(snapshot.conversation.title);
   }
 
   function applyDelta(d) {
@@ -321,14 +483,21 @@
           scheduleDraw(m.id);
         }
       }
-      else if (data.type === "error") {
-        showError(data.message);
-        if (data.text && !input.value) input.value = data.text;
+      else if (data.type === "accepted") accepted(data.request);
+      else if (data.type === "error") refused(data);
+      else if (data.type === "title") applyTitle(data);
+      else if (data.type === "signed_out") {
+        if (typeof data.reason === "string") signOutReason = data.reason;
       }
     });
     socket.addEventListener("close", (event) => {
       root.dataset.connected = "false";
-      if (event.code === 4401 || event.code === 4404) {
+      forgetPending();
+      if (event.code === 4401 || event.code === 4403) {
+        showSignedOut(event.code); // signing in again is a page load: no reconnecting
+        return;
+      }
+      if (event.code === 4404) {
         connection.textContent = "This conversation is not available.";
         return;
       }
@@ -348,12 +517,13 @@
     }
     if (!conversationId) return; // a new chat is a normal form post that creates it
     event.preventDefault();
+    if (signedOut || sendButton.disabled) return;
     if (!socket || socket.readyState !== WebSocket.OPEN) {
       showError("Not connected yet; your message is still in the box.");
       return;
     }
-    socket.send(JSON.stringify({ type: "send", text, model: modelSelect.value || null }));
-    input.value = "";
+    // The box is emptied when the server says it saved the message (see accepted()).
+    send({ type: "send", text, model: modelSelect.value || null }, { kind: "send", text });
   });
 
   input.addEventListener("keydown", (event) => {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from asgiref.sync import async_to_sync
 from channels.testing import WebsocketCommunicator
@@ -33,9 +35,18 @@ def communicator(path: str, *headers: tuple[bytes, bytes]) -> WebsocketCommunica
 
 
 async def _connect(comm: WebsocketCommunicator) -> tuple[bool, int | None]:
+    """(accepted and kept open, close code). A refused socket is accepted first and then
+    closed, so the browser learns why; a refused handshake (origin) is not accepted."""
     connected, code = await comm.connect(timeout=5)
-    await comm.disconnect()
-    return connected, code
+    if not connected:
+        return False, code
+    while True:
+        output = await comm.receive_output(timeout=5)
+        if output["type"] == "websocket.close":
+            return False, output.get("code")
+        if json.loads(output["text"])["type"] == "snapshot":
+            await comm.disconnect()
+            return True, None
 
 
 def test_anonymous_user_is_refused(alice, gemma):
@@ -91,9 +102,15 @@ def test_owner_gets_snapshot_then_can_send_and_stop(alice, gemma):
         received = [await receive()]
         await comm.send_json_to({"type": "send", "text": "   ", "model": gemma.pk})
         received.append(await receive())
-        await comm.send_json_to({"type": "send", "text": "second", "model": gemma.pk})
-        received.append(await receive())
-        received.append(await receive())
+        await comm.send_json_to(
+            {"type": "send", "text": "second", "model": gemma.pk, "request": "r2"}
+        )
+        # The acknowledgement comes straight back; state events through the channel layer.
+        replies = [await receive(), await receive(), await receive()]
+        order = {"accepted": 0, "message": 1}
+        replies.sort(key=lambda e: (order[e["type"]], e.get("message", {}).get("role") != "user"))
+        assert replies[0] == {"type": "accepted", "request": "r2"}
+        received.extend(replies[1:])
         await comm.send_json_to({"type": "stop", "message": answer.pk})
         received.append(await receive())
         await comm.send_json_to({"type": "sync"})
@@ -107,7 +124,11 @@ def test_owner_gets_snapshot_then_can_send_and_stop(alice, gemma):
         ("user", "first"),
         ("assistant", ""),
     ]
-    assert refused == {"type": "error", "message": "Type a message before sending.", "text": "   "}
+    assert refused == {
+        "type": "error",
+        "message": "Type a message before sending.",
+        "request": None,
+    }
     assert new_question["message"]["content"] == "second"
     assert new_answer["message"]["status"] == "queued"
     assert stopped["message"]["id"] == answer.pk and stopped["message"]["status"] == "stopped"

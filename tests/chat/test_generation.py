@@ -28,11 +28,16 @@ def ollama_model(name: str, target: str, host: str) -> LanguageModel:
 
 def collect_group_events(conversation_id: int, run) -> list[dict]:
     """Run ``run()`` while listening on the conversation's group; return what arrived."""
+    return collect_events(publish.group_name(conversation_id), run)
+
+
+def collect_events(group: str, run) -> list[dict]:
+    """Run ``run()`` while listening on a channel-layer group; return what arrived."""
     layer = get_channel_layer()
 
     async def listen() -> list[dict]:
         channel = await layer.new_channel()
-        await layer.group_add(publish.group_name(conversation_id), channel)
+        await layer.group_add(group, channel)
         await asyncio.get_running_loop().run_in_executor(None, run)
         await asyncio.get_running_loop().run_in_executor(None, publish.flush)
         events = []

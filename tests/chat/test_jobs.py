@@ -217,7 +217,7 @@ def test_a_user_at_the_active_limit_is_refused_and_nothing_is_saved(alice, bob, 
     message = refused.value.messages[0]
     assert "the limit is 2" in message
     assert "your message is still in the box" in message
-    assert refused.value.code == "user_limit"
+    assert refused.value.code == "concurrent"
     assert Message.objects.count() == messages
     assert Conversation.objects.count() == conversations
     assert not Message.objects.filter(content="three").exists()

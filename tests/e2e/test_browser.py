@@ -2,43 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import shutil
+import json
 
 import pytest
 
 from tests.conftest import PASSWORD
+from tests.e2e.conftest import sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-]
-
-
-@pytest.fixture
-def page(monkeypatch):
-    # Playwright's sync API runs an event loop in this thread; the ORM calls made by the
-    # test itself are still plain synchronous calls.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"Chromium not found at {CHROMIUM}: install Debian's `chromium` package")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        context = browser.new_context()
-        yield context.new_page()
-        context.close()
-        browser.close()
-
 
 def test_sign_in_send_stream_and_reload(page, alice, gemma, worker, web_server):
+    from webui.chat.models import Message
+
     gemma.parameters = {**gemma.parameters, "max_tokens": 120}
     gemma.save()
     errors: list[str] = []
@@ -48,6 +24,14 @@ def test_sign_in_send_stream_and_reload(page, alice, gemma, worker, web_server):
     page.get_by_label("Username").fill("alice")
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
+
+    # What the protocol delivers: every frame of the conversation's socket. Rendered
+    # markdown is no measure of growth (a closing ``**`` makes the shown text shorter).
+    frames: list[dict] = []
+    page.on(
+        "websocket",
+        lambda ws: ws.on("framereceived", lambda payload: frames.append(json.loads(payload))),
+    )
 
     page.get_by_label("Model").select_option(label="gemma3-270m")
     page.get_by_label("Message").fill("Write a short poem about **rivers**.")
@@ -59,7 +43,7 @@ def test_sign_in_send_stream_and_reload(page, alice, gemma, worker, web_server):
     answer = page.locator('[data-role="assistant"]').last
     answer.wait_for()
 
-    # Record each distinct text the answer shows while it is busy.
+    # Record each distinct text the page shows while the answer is busy.
     states = page.evaluate_handle("() => []")
     page.evaluate(
         """(states) => {
@@ -82,8 +66,20 @@ def test_sign_in_send_stream_and_reload(page, alice, gemma, worker, web_server):
     )
     intermediate = states.json_value()
     final_text = answer.locator(".content").inner_text()
-    assert len(intermediate) >= 2, f"saw {intermediate!r}"
-    assert all(len(a) < len(b) for a, b in zip(intermediate, intermediate[1:], strict=False))
+    assert len(intermediate) >= 2, f"saw {intermediate!r}"  # it streamed on the page
+    # The raw text only grows: each delta starts where the one before ended, and is the
+    # saved answer's text at that place.
+    saved = Message.objects.get(role="assistant")
+    deltas = [f for f in frames if f.get("type") == "delta" and f["message"] == saved.pk]
+    assert len(deltas) >= 2, f"saw {frames!r}"
+    assert all(a["seq"] < b["seq"] for a, b in zip(deltas, deltas[1:], strict=False))
+    assert all(
+        b["offset"] >= a["offset"] + len(a["text"])
+        for a, b in zip(deltas, deltas[1:], strict=False)
+    )
+    for delta in deltas:
+        start = delta["offset"]
+        assert delta["text"] and saved.content[start : start + len(delta["text"])] == delta["text"]
     assert final_text.strip()
     assert answer.locator(".meta").inner_text().count("tokens") == 1
 
@@ -189,13 +185,6 @@ def test_page_reconnects_by_itself_when_the_web_server_restarts(
         assert page.evaluate("document.getElementById('chat').dataset.connected") == "true"
     finally:
         _stop(web)
-
-
-def sign_in(page, base_url: str) -> None:
-    page.goto(f"{base_url}/login/")
-    page.get_by_label("Username").fill("alice")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
 
 
 LAST_ANSWER_IDLE = """() => {

@@ -143,3 +143,23 @@ def test_long_history_is_trimmed_to_the_context_oldest_first(gemma_path):
 
     with pytest.raises(BackendError, match="Shorten the message"):
         fit_context(llm, (ChatMessage("user", "word " * 2000),), max_tokens=64)
+
+
+def test_gemma_gets_the_system_prompt_in_its_first_user_turn():
+    """llama-cpp-python's "gemma" format drops system messages; Corral folds them in."""
+    from llama_cpp.llama_chat_format import format_gemma
+
+    from inference.base import ChatMessage
+    from inference.llama_cpp import fold_system_prompt
+
+    messages = (
+        ChatMessage("system", "Answer like a pirate."),
+        ChatMessage("user", "Hello"),
+        ChatMessage("assistant", "Ahoy"),
+        ChatMessage("user", "Bye"),
+    )
+    folded = fold_system_prompt(messages)
+    prompt = format_gemma(messages=[{"role": m.role, "content": m.content} for m in folded]).prompt
+    assert "Answer like a pirate.\n\nHello" in prompt
+    assert [m.role for m in folded] == ["user", "assistant", "user"]
+    assert fold_system_prompt(messages[1:]) == messages[1:]

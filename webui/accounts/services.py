@@ -16,6 +16,8 @@ from django.core import signing
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from webui.accounts.models import SiteSettings
+
 SALT = "corral.first-admin-setup"
 MAX_AGE_S = 7 * 24 * 3600
 
@@ -39,7 +41,11 @@ def setup_token_is_valid(token: str) -> bool:
 def create_first_admin(*, token: str, username: str, password: str) -> AbstractBaseUser:
     User = get_user_model()
     with transaction.atomic():
-        # Lock the check against two people using the link at the same moment.
+        # Two people using the link at the same moment: both could see "no user yet" and
+        # both become admins. Locking the one SiteSettings row first makes the second wait
+        # here until the first commits, and then see its user (PostgreSQL row lock; SQLite's
+        # IMMEDIATE transactions already serialize writers).
+        SiteSettings.objects.select_for_update().get_or_create(pk=1)
         if not setup_token_is_valid(token):
             raise ValidationError("This setup link is no longer valid.")
         user = User(username=username, is_staff=True, is_superuser=True)

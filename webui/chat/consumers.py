@@ -1,21 +1,32 @@
 """Websocket edge: parse the client's message, call one service, send the result.
 
-Protocol (JSON):
-  client -> {"type": "send", "text": str, "model": int | null}
+Protocol (JSON; client messages are validated in webui.chat.client_messages):
+  client -> {"type": "send", "text": str, "model": int | null, "request": str?}
             {"type": "stop", "message": int}
             {"type": "sync"}                      # ask for a fresh snapshot
             {"type": "regenerate", "message": answer id, "model": int | null}
-            {"type": "edit", "message": question id, "text": str, "model": int | null}
+            {"type": "edit", "message": question id, "text": str, "model": int | null,
+             "request": str?}
             {"type": "version", "message": id}    # show the branch through this version
   server -> {"type": "snapshot", "conversation": {...}, "messages": [...]}
             {"type": "delta", "message": id, "seq": n, "offset": chars, "text": str}
             {"type": "message", "message": {...}}  # a message's full state
             {"type": "queue", "message": id, "pool", "position", "eta_s"}
-            {"type": "error", "message": str, "text": str}
+            {"type": "accepted", "request": str}  # the send/edit was saved: clear the box
+            {"type": "error", "message": str, "request": str?}
+            {"type": "title", "conversation": id, "title": str}
+            {"type": "signed_out", "reason": str}  # then close 4401 (or 4403)
+
+The socket is accepted before it is refused, so the close code reaches the browser (a
+close before accept becomes a bare HTTP 403): 4401 signed out, 4403 not allowed (waiting
+for approval), 4404 no such conversation. Every client message re-checks that the
+session still belongs to an active, approved person; account changes also close open
+sockets at once through the person's group.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -24,22 +35,35 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.core.exceptions import ValidationError
 
-from webui.chat import selectors, services
+from webui.accounts.selectors import can_chat, session_user
+from webui.chat import client_messages, selectors, services
+from webui.chat.client_messages import BadClientMessage
 from webui.chat.models import Conversation, Message
 from workers import publish
 
-CLOSE_UNAUTHENTICATED = 4401
+CLOSE_SIGNED_OUT = 4401
+CLOSE_NOT_ALLOWED = 4403
 CLOSE_NOT_FOUND = 4404
 
 
 class ConversationConsumer(AsyncJsonWebsocketConsumer):
     conversation_id: int
     group: str
+    user_group: str
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # message id -> (attempt, seq) of the last delta this client has of a running answer
+        self._sent_seq: dict[int, tuple[int, int]] = {}
 
     async def connect(self) -> None:
         user = self.scope["user"]
+        await self.accept()  # first, so the browser learns the close code below
         if not user.is_authenticated:
-            await self.close(code=CLOSE_UNAUTHENTICATED)
+            await self._sign_out("You are signed out.")
+            return
+        if not await database_sync_to_async(can_chat)(user):
+            await self._sign_out("Your account is waiting for approval.", CLOSE_NOT_ALLOWED)
             return
         self.conversation_id = int(self.scope["url_route"]["kwargs"]["conversation_id"])
         conversation = await database_sync_to_async(selectors.get_conversation_for)(
@@ -49,14 +73,21 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_NOT_FOUND)
             return
         # Join before reading the database, so nothing published in between is missed.
+        self.user_group = publish.user_group_name(user.pk)
+        await self.channel_layer.group_add(self.user_group, self.channel_name)
         self.group = publish.group_name(self.conversation_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
-        await self.accept()
         await self.send_snapshot(conversation, resume=_parse_resume(self.scope))
+
+    async def _sign_out(self, reason: str, code: int = CLOSE_SIGNED_OUT) -> None:
+        await self.send_json({"type": "signed_out", "reason": reason})
+        await self.close(code=code)
 
     async def disconnect(self, code: int) -> None:
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+        if hasattr(self, "user_group"):
+            await self.channel_layer.group_discard(self.user_group, self.channel_name)
 
     async def send_snapshot(
         self,
@@ -86,96 +117,115 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
                     continue
             await _add_replayed_deltas(message)
         await self.send_json(snapshot)
+        for message in snapshot["messages"]:
+            if message["status"] == Message.Status.RUNNING:
+                self._sent_seq[message["id"]] = (message["attempt"], message["seq"])
         for delta in missed:
-            await self.send_json({"type": "delta", **delta})
+            await self._send_delta(delta)
+
+    async def _send_delta(self, delta: dict[str, Any]) -> None:
+        """Each delta once: one published while the snapshot was read comes both from the
+        replay buffer and live, and the second copy is dropped here."""
+        attempt, seq = self._sent_seq.get(delta["message"], (None, 0))
+        if attempt == delta["attempt"] and delta["seq"] <= seq:
+            return
+        self._sent_seq[delta["message"]] = (delta["attempt"], delta["seq"])
+        await self.send_json({"type": "delta", **delta})
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if not hasattr(self, "group"):
+            return  # refused at connect; the close is on its way
+        try:
+            raw = json.loads(text_data) if text_data is not None else None
+            content = client_messages.parse(raw)
+        except (ValueError, BadClientMessage) as exc:
+            reason = str(exc) if isinstance(exc, BadClientMessage) else "Message not understood."
+            await self.send_json({"type": "error", "message": reason})
+            return
+        await self.receive_json(content)
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
-        if not isinstance(content, dict):
+        # Every message re-checks the person: a signed-out, deactivated or deleted
+        # account's old socket can never queue, stop or read anything.
+        user = await database_sync_to_async(session_user)(
+            self.scope["user"].pk, self.scope["session"].session_key
+        )
+        if user is None:
+            await self._sign_out("You were signed out.")
             return
-        kind = content.get("type")
-        if kind == "send":
-            await self._send_message(content)
-        elif kind == "stop":
-            await self._stop(content)
-        elif kind in ("regenerate", "edit", "version"):
-            await self._change_branch(kind, content)
-        elif kind == "sync":
+        if isinstance(content, client_messages.Send):
+            await self._send_message(user, content)
+        elif isinstance(content, client_messages.Stop):
+            await self._stop(user, content)
+        elif isinstance(
+            content, client_messages.Regenerate | client_messages.Edit | client_messages.Version
+        ):
+            await self._change_branch(user, content)
+        elif isinstance(content, client_messages.Sync):
             # Re-join first: a restarted Redis forgot the group, and joining is idempotent.
             await self.channel_layer.group_add(self.group, self.channel_name)
+            await self.channel_layer.group_add(self.user_group, self.channel_name)
             await self.send_snapshot()
 
-    async def _send_message(self, content: dict[str, Any]) -> None:
-        text = content.get("text")
-        text = text if isinstance(text, str) else ""
-        model_id = content.get("model")
+    async def _send_message(self, user: Any, content: client_messages.Send) -> None:
         try:
             await database_sync_to_async(services.send_message)(
-                user=self.scope["user"],
+                user=user,
                 conversation_id=self.conversation_id,
-                text=text,
-                model_id=int(model_id) if model_id not in (None, "") else None,
+                text=content.text,
+                model_id=content.model,
             )
         except ValidationError as exc:
-            await self.send_json({"type": "error", "message": " ".join(exc.messages), "text": text})
-        except (ValueError, TypeError):
-            await self.send_json(
-                {"type": "error", "message": "That model is not available.", "text": text}
-            )
+            await self._error(" ".join(exc.messages), content.request)
         except Conversation.DoesNotExist:
             await self.close(code=CLOSE_NOT_FOUND)
+        else:
+            await self.send_json({"type": "accepted", "request": content.request})
 
-    async def _change_branch(self, kind: str, content: dict[str, Any]) -> None:
-        user = self.scope["user"]
-        text = content.get("text") if isinstance(content.get("text"), str) else ""
+    async def _change_branch(
+        self,
+        user: Any,
+        content: client_messages.Regenerate | client_messages.Edit | client_messages.Version,
+    ) -> None:
         try:
-            message_id = int(content.get("message"))
-            model_id = int(content["model"]) if content.get("model") not in (None, "") else None
-            if kind == "regenerate":
+            if isinstance(content, client_messages.Regenerate):
                 await database_sync_to_async(services.regenerate)(
-                    user=user, message_id=message_id, model_id=model_id
+                    user=user, message_id=content.message, model_id=content.model
                 )
-            elif kind == "edit":
+            elif isinstance(content, client_messages.Edit):
                 await database_sync_to_async(services.edit_message)(
-                    user=user, message_id=message_id, text=text, model_id=model_id
+                    user=user, message_id=content.message, text=content.text, model_id=content.model
                 )
+                await self.send_json({"type": "accepted", "request": content.request})
             else:
                 await database_sync_to_async(services.show_version)(
-                    user=user, message_id=message_id
+                    user=user, message_id=content.message
                 )
         except ValidationError as exc:
-            await self.send_json(
-                {
-                    "type": "error",
-                    "message": " ".join(exc.messages),
-                    "text": text,
-                    "edit": message_id if kind == "edit" else None,
-                }
-            )
-        except (Message.DoesNotExist, ValueError, TypeError, KeyError):
-            await self.send_json({"type": "error", "message": "No such message.", "text": ""})
+            request = content.request if isinstance(content, client_messages.Edit) else None
+            edit = content.message if isinstance(content, client_messages.Edit) else None
+            await self._error(" ".join(exc.messages), request, edit=edit)
+        except Message.DoesNotExist:
+            await self._error("No such message.")
 
-    async def _stop(self, content: dict[str, Any]) -> None:
+    async def _stop(self, user: Any, content: client_messages.Stop) -> None:
         try:
             await database_sync_to_async(services.stop_answer)(
-                user=self.scope["user"], message_id=int(content.get("message"))
+                user=user, message_id=content.message
             )
-        except (Message.DoesNotExist, ValueError, TypeError):
-            await self.send_json({"type": "error", "message": "No such answer.", "text": ""})
+        except Message.DoesNotExist:
+            await self._error("No such answer.")
         except redis.RedisError:
-            await self.send_json(
-                {
-                    "type": "error",
-                    "message": "Could not reach the queue to stop it; try again.",
-                    "text": "",
-                }
-            )
+            await self._error("Could not reach the queue to stop it; try again.")
+
+    async def _error(self, message: str, request: str | None = None, **extra: Any) -> None:
+        await self.send_json({"type": "error", "message": message, "request": request, **extra})
 
     # Channel layer events ------------------------------------------------------------
 
     async def message_delta(self, event: dict[str, Any]) -> None:
-        await self.send_json(
+        await self._send_delta(
             {
-                "type": "delta",
                 "message": event["message"],
                 "attempt": event["attempt"],
                 "seq": event["seq"],
@@ -192,6 +242,20 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
 
     async def message_state(self, event: dict[str, Any]) -> None:
         await self.send_json({"type": "message", "message": event["message"]})
+
+    async def conversation_title(self, event: dict[str, Any]) -> None:
+        await self.send_json(
+            {"type": "title", "conversation": event["conversation"], "title": event["title"]}
+        )
+
+    async def account_revoked(self, event: dict[str, Any]) -> None:
+        """The person's rights changed: close this socket unless the event spares it."""
+        session_key = self.scope["session"].session_key
+        if event.get("session") and event["session"] != session_key:
+            return
+        if event.get("keep_session") and event["keep_session"] == session_key:
+            return
+        await self._sign_out(event.get("reason") or "You were signed out.")
 
 
 def _parse_resume(scope: dict[str, Any]) -> dict[int, tuple[int, int]]:

@@ -35,6 +35,9 @@ from workers import publish, stop_flags
 logger = logging.getLogger("corral.generation")
 
 
+TITLES_PER_WAKE = 10
+
+
 class LostOwnership(Exception):
     """The answer was re-queued or failed by a reaper while this worker ran it."""
 
@@ -63,10 +66,14 @@ def build_request(answer: Message) -> GenerationRequest:
         for message in selectors.branch_to(parent, messages)
         if message.content  # a failed answer with no text says nothing to the model
     )
+    conversation = answer.conversation
+    if conversation.system_prompt:
+        history = (ChatMessage(role="system", content=conversation.system_prompt), *history)
     try:
-        options = SamplingOptions(**answer.model.parameters)
+        # The conversation's own settings (conversation_settings) over the model's defaults.
+        options = SamplingOptions(**{**answer.model.parameters, **conversation.parameters})
     except ValidationError as exc:
-        raise BackendError(f"The model's default parameters are invalid: {exc}") from exc
+        raise BackendError(f"The sampling parameters are invalid: {exc}") from exc
     if options.max_tokens > config.MAX_TOKENS_PER_ANSWER:
         options = options.model_copy(update={"max_tokens": config.MAX_TOKENS_PER_ANSWER})
     return GenerationRequest(model=model_spec(answer.model), messages=history, options=options)
@@ -125,16 +132,24 @@ class AnswerStream:
 
 def run_next(pool: str, worker: str) -> Message | None:
     """Claim the fairest queued answer of ``pool`` and generate it; None if none waits."""
+    from webui.chat import titles  # titles builds on this module
+
     answer = jobs.claim_next(pool, worker)
     if answer is None:
+        # Nothing waits: write titles, the low-priority work, until an answer arrives.
+        for _ in range(TITLES_PER_WAKE):
+            if titles.run_next_title(pool) is None:
+                break
         return None
     try:
         # Everyone behind moved up: told from the heartbeat thread, off the first token's path.
         with jobs.Heartbeat(answer, first=lambda: jobs.publish_queue(pool)) as heartbeat:
-            return generate(answer, heartbeat.cancelled, heartbeat)
+            answer = generate(answer, heartbeat.cancelled, heartbeat)
+        titles.request_title(answer)
+        return answer
     finally:
-        # Follow-ups that waited for this answer can run now: wake a worker for them.
-        if jobs.queue_of(pool):
+        # Follow-ups that waited for this answer can run now, or titles: wake a worker.
+        if jobs.queue_of(pool) or titles.pending_in(pool):
             jobs.wake(pool)
 
 
@@ -226,6 +241,9 @@ def _save_outcome(
         saved = Message.objects.filter(jobs.still_ours(answer)).update(
             **fields, version=F("version") + 1
         )
+        if not saved and not Message.objects.filter(pk=answer.pk).exists():
+            # The conversation was deleted while this answer ran: nothing left to save.
+            return _drop_attempt(answer)
         answer.refresh_from_db()
         if saved:
             publish_message(answer)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
+from webui.accounts.selectors import is_admin
 from webui.chat.models import Conversation, LanguageModel, Message
 
 
@@ -31,6 +32,18 @@ def get_message_for(user: AbstractBaseUser | AnonymousUser, message_id: int) -> 
 
 def enabled_models() -> QuerySet[LanguageModel]:
     return LanguageModel.objects.filter(enabled=True)
+
+
+def models_for(user: AbstractBaseUser | AnonymousUser) -> QuerySet[LanguageModel]:
+    """The enabled models this person may use: those open to everyone (no groups) and
+    those of their groups. Admins may use every enabled model."""
+    models = enabled_models()
+    if is_admin(user):
+        return models
+    in_my_groups = LanguageModel.groups.through.objects.filter(group__user=user.pk).values(
+        "languagemodel_id"
+    )
+    return models.filter(Q(groups=None) | Q(pk__in=in_my_groups)).distinct()
 
 
 def message_payload(message: Message) -> dict[str, Any]:

@@ -7,10 +7,12 @@ import logging
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from webui.accounts import quotas
+from webui.accounts.selectors import can_chat
 from webui.chat import jobs, selectors
 from webui.chat.models import Conversation, LanguageModel, Message
 from workers import publish, stop_flags
@@ -32,8 +34,15 @@ def _validate_text(text: str) -> str:
     return text
 
 
-def _pick_model(model_id: int | None) -> LanguageModel | None:
-    models = selectors.enabled_models()
+def _check_may_chat(user: AbstractBaseUser) -> None:
+    # The edges check this first; a service must not rely on every edge remembering.
+    if not can_chat(user):
+        raise PermissionDenied("This account may not chat.")
+
+
+def _pick_model(user: AbstractBaseUser, model_id: int | None) -> LanguageModel | None:
+    """The model asked for, if this person may use it; the first they may use if none."""
+    models = selectors.models_for(user)
     if model_id is None:
         return models.first()
     model = models.filter(pk=model_id).first()
@@ -54,16 +63,8 @@ def _admit(user: AbstractBaseUser, model: LanguageModel | None) -> None:
     """Refuse, before anything is saved, what would exceed a user's or a pool's limit."""
     # Serializes one user's sends, so two tabs cannot both slip under the limit.
     get_user_model().objects.select_for_update().filter(pk=user.pk).first()
-    limit = settings.CORRAL["MAX_ACTIVE_PER_USER"]
-    active = Message.objects.filter(
-        conversation__owner=user, role=Message.Role.ASSISTANT, status__in=Message.ACTIVE
-    ).count()
-    if active >= limit:
-        raise ValidationError(
-            f"You already have {active} answers in progress (the limit is {limit}). "
-            "Wait for one to finish or stop it; your message is still in the box.",
-            code="user_limit",
-        )
+    # Concurrent answers, messages per minute, tokens per day (person, groups, site).
+    quotas.check_admission(user)
     if model is None:
         return
     cap = settings.CORRAL["MAX_QUEUED_PER_POOL"]
@@ -84,8 +85,9 @@ def send_message(
     Raises ValidationError for bad input or a hit limit before anything is saved, so the
     caller can give the text back. Once saved, every later failure ends up in the answer.
     """
+    _check_may_chat(user)
     _validate_text(text)
-    model = _pick_model(model_id)
+    model = _pick_model(user, model_id)
     with transaction.atomic():
         _admit(user, model)
         if conversation_id is None:
@@ -135,12 +137,13 @@ def _queue_answer(
 
 def regenerate(*, user: AbstractBaseUser, message_id: int, model_id: int | None) -> Message:
     """A new version of a finished answer, beside the old one, through the same queue."""
+    _check_may_chat(user)
     old = selectors.get_message_for(user, message_id)
     if old is None or old.role != Message.Role.ASSISTANT or old.parent_id is None:
         raise Message.DoesNotExist
     if old.is_active:
         raise ValidationError("This answer is still being written; stop it first.")
-    model = _pick_model(model_id)
+    model = _pick_model(user, model_id)
     with transaction.atomic():
         _admit(user, model)
         answer = _queue_answer(old.conversation, old.parent, model)
@@ -152,11 +155,12 @@ def edit_message(
     *, user: AbstractBaseUser, message_id: int, text: str, model_id: int | None
 ) -> Message:
     """Branch the conversation: the edited question beside the old one, and a new answer."""
+    _check_may_chat(user)
     old = selectors.get_message_for(user, message_id)
     if old is None or old.role != Message.Role.USER:
         raise Message.DoesNotExist
     _validate_text(text)
-    model = _pick_model(model_id)
+    model = _pick_model(user, model_id)
     with transaction.atomic():
         _admit(user, model)
         question = Message.objects.create(

@@ -1,3 +1,8 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from webui.chat import settings_views
+
+app_name = "conversation_settings"
+urlpatterns = [
+    path("c/<int:conversation_id>/settings/", settings_views.save_settings, name="save"),
+]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib import messages as flash
-from django.contrib.admin.views.decorators import staff_member_required
-from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -13,17 +11,25 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from inference import BackendError
-from webui.chat import selectors, services
+from webui.accounts.decorators import admin_required
+from webui.chat import conversations, selectors, services
 
 
 def _page(
     request: HttpRequest, conversation=None, *, error: str = "", text: str = "", status: int = 200
 ) -> HttpResponse:
+    models = list(selectors.models_for(request.user))
     selected = conversation.model_id if conversation else None
+    # A conversation whose model was disabled or restricted since: say so, offer the rest.
+    unavailable_model = None
+    if conversation and conversation.model and selected not in {m.pk for m in models}:
+        unavailable_model, selected = conversation.model, None
     context = {
         "conversation": conversation,
-        "conversations": selectors.conversations_for(request.user)[:200],
-        "models": selectors.enabled_models(),
+        # The sidebar: one keyset page (?older=<cursor> for the next one).
+        "conversations": conversations.sidebar_page(request.user, request.GET.get("older")),
+        "models": models,
+        "unavailable_model": unavailable_model,
         "selected_model": selected,
         "snapshot": selectors.conversation_snapshot(conversation) if conversation else None,
         "error": error,
@@ -60,7 +66,7 @@ def start_conversation(request: HttpRequest) -> HttpResponse:
     return redirect("chat:conversation", conversation_id=conversation.pk)
 
 
-@staff_member_required
+@admin_required
 def queue_page(request: HttpRequest) -> HttpResponse:
     """Every pool's running and waiting answers, for admins."""
     from webui.chat import jobs
@@ -68,8 +74,7 @@ def queue_page(request: HttpRequest) -> HttpResponse:
     return render(request, "chat/queue.html", {"pools": jobs.pool_overview()})
 
 
-@staff_member_required
-@permission_required("chat.add_languagemodel", raise_exception=True)
+@admin_required
 @require_POST
 def import_ollama_models(request: HttpRequest) -> HttpResponse:
     """Admin button: register every model of the OLLAMA_HOST server."""

@@ -124,6 +124,10 @@ def web_argv(host: str, port: int) -> list[str]:
         "--port",
         str(port),
         "--no-access-log",
+        # A bigger frame closes the socket (1009) before the app sees it; uvicorn's default
+        # would read 16 MiB per message.
+        "--ws-max-size",
+        str(config.WS_MAX_BYTES),
     ]
 
 

@@ -1,0 +1,132 @@
+"""Automatic titles: written by the conversation's model after its first answer, at low
+priority on the same pool, never over a title the person chose."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tests.chat.conftest import UNSERVED_POOL
+from tests.chat.test_generation import collect_events, ollama_model
+from tests.ollama_server import OllamaTestServer
+from webui.chat import services, titles
+from webui.chat.generation import run_next
+from webui.chat.models import Conversation, Message, TitleStatus
+from workers import publish
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _title_events(user_id: int, run) -> list[dict]:
+    return collect_events(publish.user_group_name(user_id), run)
+
+
+def test_the_first_answer_gets_a_title_written_by_the_model(alice, gemma):
+    conversation, _, _ = services.send_message(
+        user=alice, conversation_id=None, text="How do tides work on Earth?", model_id=gemma.pk
+    )
+    provisional = Conversation.objects.get(pk=conversation.pk).title
+    answer = run_next(UNSERVED_POOL, worker="test")
+    assert answer.status == Message.Status.DONE
+    assert Conversation.objects.get(pk=conversation.pk).title_status == TitleStatus.PENDING
+
+    events = _title_events(alice.pk, lambda: run_next(UNSERVED_POOL, worker="test"))
+
+    conversation.refresh_from_db()
+    assert conversation.title_status == TitleStatus.AUTO
+    title_events = [e for e in events if e["type"] == "conversation.title"]
+    if conversation.title != provisional:  # the model may write nothing usable
+        assert title_events == [
+            {
+                "type": "conversation.title",
+                "conversation": conversation.pk,
+                "title": conversation.title,
+            }
+        ]
+        assert 0 < len(conversation.title) <= titles.TITLE_CHARS
+        assert "\n" not in conversation.title
+    # Only the first answer asks for a title.
+    services.send_message(
+        user=alice, conversation_id=conversation.pk, text="And on Mars?", model_id=gemma.pk
+    )
+    run_next(UNSERVED_POOL, worker="test")
+    assert Conversation.objects.get(pk=conversation.pk).title_status == TitleStatus.AUTO
+
+
+def test_a_title_never_takes_the_place_of_a_waiting_answer(alice, bob, gemma):
+    conversation, _, answer = services.send_message(
+        user=alice, conversation_id=None, text="hello", model_id=gemma.pk
+    )
+    Conversation.objects.filter(pk=conversation.pk).update(title_status=TitleStatus.PENDING)
+    services.send_message(user=bob, conversation_id=None, text="hi", model_id=gemma.pk)
+    Message.objects.filter(pk=answer.pk).update(status=Message.Status.DONE)
+    # Bob's answer waits in the pool: no title job starts.
+    assert titles.run_next_title(UNSERVED_POOL) is None
+    assert Conversation.objects.get(pk=conversation.pk).title_status == TitleStatus.PENDING
+
+
+def test_a_title_gives_way_as_soon_as_an_answer_arrives(alice, bob):
+    with OllamaTestServer(
+        models={"slow:latest": "one two three four five six seven eight nine ten"},
+        token_delay=0.3,
+    ) as server:
+        model = ollama_model("slow", "slow:latest", server.url)
+        conversation, _, answer = services.send_message(
+            user=alice, conversation_id=None, text="hello", model_id=model.pk
+        )
+        Message.objects.filter(pk=answer.pk).update(status=Message.Status.DONE)
+        Conversation.objects.filter(pk=conversation.pk).update(title_status=TitleStatus.PENDING)
+        done = threading.Event()
+        result: list = []
+
+        def title_job() -> None:
+            try:
+                result.append(titles.run_next_title(UNSERVED_POOL))
+            finally:
+                from django.db import connection
+
+                connection.close()
+                done.set()
+
+        threading.Thread(target=title_job).start()
+        time.sleep(0.5)  # the model is writing the title
+        assert Conversation.objects.get(pk=conversation.pk).title_status == TitleStatus.RUNNING
+        arrived = time.monotonic()
+        services.send_message(user=bob, conversation_id=None, text="urgent", model_id=model.pk)
+        assert done.wait(5)
+        gave_way_after = time.monotonic() - arrived
+    assert gave_way_after < 1.5  # within a token or two, not the whole title
+    conversation.refresh_from_db()
+    assert conversation.title_status == TitleStatus.PENDING  # to be written later
+    assert conversation.title == "hello"
+
+
+def test_a_title_the_person_chose_is_never_overwritten(alice, gemma):
+    conversation, _, answer = services.send_message(
+        user=alice, conversation_id=None, text="hello", model_id=gemma.pk
+    )
+    Message.objects.filter(pk=answer.pk).update(status=Message.Status.DONE, content="Hi!")
+    Conversation.objects.filter(pk=conversation.pk).update(
+        title="My own title", title_status=TitleStatus.USER
+    )
+    answer.refresh_from_db()
+    assert not titles.request_title(answer)
+    assert titles.run_next_title(UNSERVED_POOL) is None
+    assert Conversation.objects.get(pk=conversation.pk).title == "My own title"
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("Tides on Earth", "Tides on Earth"),
+        ('"Tides on Earth."\nMore text', "Tides on Earth"),
+        ("## **Title: Moon and tides**", "Moon and tides"),
+        ("\n\n  Ocean   tides  explained  ", "Ocean tides explained"),
+        ("x" * 200, "x" * titles.TITLE_CHARS),
+        ("", ""),
+    ],
+)
+def test_titles_are_cleaned_to_one_short_line(raw, clean):
+    assert titles.clean_title(raw) == clean

@@ -1,0 +1,140 @@
+"""Automatic titles: after a conversation's first answer, its model writes a short title.
+
+A title is a low-priority job on the model's own pool: a worker takes it only when no
+answer waits in that pool, and gives it up (to run again later) as soon as one arrives,
+so it never delays anyone's answer. A title the person wrote is never overwritten.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+from inference import BackendError, ChatMessage, GenerationRequest, SamplingOptions, get_backend
+from webui import config
+from webui.chat import selectors
+from webui.chat.generation import model_spec
+from webui.chat.models import Conversation, Message, TitleStatus
+from workers import publish
+
+logger = logging.getLogger("corral.titles")
+
+TITLE_CHARS = 80
+EXCERPT_CHARS = 1500
+INSTRUCTION = (
+    "Write a title of at most six words for the conversation above. "
+    "Reply with the title only: no quotes, no punctuation at the end."
+)
+OPTIONS = SamplingOptions(temperature=0.2, max_tokens=20, repeat_penalty=1.1)
+ANSWER_WAITING_POLL_S = 0.2
+
+
+def request_title(answer: Message) -> bool:
+    """After ``answer`` finished: ask for a title if the conversation still has its
+    provisional one. True if a title job now waits."""
+    if not config.AUTO_TITLE or answer.status != Message.Status.DONE or not answer.content:
+        return False
+    return bool(
+        Conversation.objects.filter(
+            pk=answer.conversation_id, title_status=TitleStatus.PROVISIONAL
+        ).update(title_status=TitleStatus.PENDING)
+    )
+
+
+def pending_in(pool: str) -> bool:
+    return Conversation.objects.filter(title_status=TitleStatus.PENDING, model__pool=pool).exists()
+
+
+def _answer_waiting(pool: str) -> bool:
+    return Message.objects.filter(status=Message.Status.QUEUED, model__pool=pool).exists()
+
+
+def _claim(pool: str) -> Conversation | None:
+    if _answer_waiting(pool):
+        return None
+    for conversation in Conversation.objects.filter(
+        title_status=TitleStatus.PENDING, model__pool=pool, model__enabled=True
+    ).order_by("updated_at")[:5]:
+        claimed = Conversation.objects.filter(
+            pk=conversation.pk, title_status=TitleStatus.PENDING
+        ).update(title_status=TitleStatus.RUNNING)
+        if claimed:
+            return Conversation.objects.select_related("model").get(pk=conversation.pk)
+    return None
+
+
+def title_request(conversation: Conversation) -> GenerationRequest:
+    """The start of the conversation on screen, then the instruction."""
+    assert conversation.model is not None
+    branch, _ = selectors.current_branch(conversation)
+    excerpt = tuple(
+        ChatMessage(role=m.role, content=m.content[:EXCERPT_CHARS])
+        for m in branch[:2]
+        if m.content and m.role in (Message.Role.USER, Message.Role.ASSISTANT)
+    )
+    return GenerationRequest(
+        model=model_spec(conversation.model),
+        messages=(*excerpt, ChatMessage(role="user", content=INSTRUCTION)),
+        options=OPTIONS,
+    )
+
+
+def clean_title(text: str) -> str:
+    """The first line of what the model wrote, without markdown, quotes or a label."""
+    line = next((part for part in text.strip().splitlines() if part.strip()), "")
+    line = re.sub(r"[*_`#]", "", line).strip()
+    line = re.sub(r"^(-\s+|title\s*:\s*)", "", line, flags=re.IGNORECASE)
+    line = line.strip().strip("\"'“”‘’").strip().rstrip(".:;,")
+    line = " ".join(line.split())
+    return line[:TITLE_CHARS].strip()
+
+
+def run_next_title(pool: str) -> Conversation | None:
+    """Write the title of one conversation waiting for it in ``pool``, unless an answer
+    waits; None when there was nothing to do."""
+    conversation = _claim(pool)
+    if conversation is None:
+        return None
+    try:
+        title = _generate(conversation, pool)
+    except BackendError as exc:
+        logger.warning("title of conversation %s failed: %s", conversation.pk, exc)
+        title = ""  # keep the provisional title; do not try again
+    if title is None:  # an answer arrived: give way, try again later
+        Conversation.objects.filter(pk=conversation.pk, title_status=TitleStatus.RUNNING).update(
+            title_status=TitleStatus.PENDING
+        )
+        return conversation
+    fields = {"title_status": TitleStatus.AUTO}
+    if title:
+        fields["title"] = title
+    # Conditional: a rename while the model was writing wins.
+    saved = Conversation.objects.filter(
+        pk=conversation.pk, title_status=TitleStatus.RUNNING
+    ).update(**fields)
+    if saved and title:
+        publish.publish_user_event(
+            conversation.owner_id,
+            {"type": "conversation.title", "conversation": conversation.pk, "title": title},
+        )
+    return conversation
+
+
+def _generate(conversation: Conversation, pool: str) -> str | None:
+    """The cleaned title, or None if an answer started waiting meanwhile."""
+    request = title_request(conversation)
+    assert conversation.model is not None
+    text = ""
+    next_check = time.monotonic() + ANSWER_WAITING_POLL_S
+    items = get_backend(conversation.model.backend).stream(request)
+    try:
+        for item in items:
+            if time.monotonic() >= next_check:
+                if _answer_waiting(pool):
+                    return None
+                next_check = time.monotonic() + ANSWER_WAITING_POLL_S
+            text += getattr(item, "text", "")
+    finally:
+        items.close()
+    return clean_title(text)
