@@ -214,3 +214,34 @@ def test_groups_decide_who_sees_a_model(admin_client, alice, bob, gemma):
     # From the model's side: open it to everyone again.
     admin_client.post("/manage/models/", {"model": secret.pk, "enabled": "on"})
     assert "secret-model" in alice_client.get("/").content.decode()
+
+
+def test_changes_made_in_djangos_admin_sign_the_person_out_too(admin_client, alice):
+    from webui.accounts.models import UserSession
+
+    person = Client()
+    person.post("/login/", {"username": "alice", "password": PASSWORD})
+    assert UserSession.objects.filter(user=alice).count() == 1
+    page = admin_client.get(f"/admin/auth/user/{alice.pk}/change/")
+    form = page.context["adminform"].form
+    data = {k: v for k, v in form.initial.items() if v is not None and k != "password"}
+    data.update(
+        {
+            "username": "alice",
+            "date_joined_0": "2026-01-01",
+            "date_joined_1": "00:00:00",
+            "last_login_0": "",
+            "last_login_1": "",
+            "groups": [],
+            "user_permissions": [],
+        }
+    )
+    data.pop("is_active", None)  # unticked: deactivated
+    data.pop("date_joined", None)
+    data.pop("last_login", None)
+    response = admin_client.post(f"/admin/auth/user/{alice.pk}/change/", data)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    alice.refresh_from_db()
+    assert not alice.is_active
+    assert person.get("/").status_code == 302
+    assert not UserSession.objects.filter(user=alice).exists()

@@ -18,7 +18,7 @@ from tests.chat.conftest import UNSERVED_POOL
 from webui.accounts import quotas
 from webui.accounts.models import Quota
 from webui.chat import services
-from webui.chat.models import Conversation, LanguageModel, Message
+from webui.chat.models import AnswerRecord, Conversation, LanguageModel, Message
 
 pytestmark = pytest.mark.django_db
 
@@ -53,8 +53,16 @@ def send(user, model, text="hello", conversation_id=None) -> Message:
     )[2]
 
 
+def update_answer(answer_id: int, **fields) -> None:
+    """Change a stored answer as time or a worker would, its usage record with it."""
+    Message.objects.filter(pk=answer_id).update(**fields)
+    recorded = {k: v for k, v in fields.items() if k not in ("status", "content")}
+    if recorded:
+        AnswerRecord.objects.filter(answer_id=answer_id).update(**recorded)
+
+
 def finish(answer: Message, **fields) -> None:
-    Message.objects.filter(pk=answer.pk).update(status=Message.Status.DONE, **fields)
+    update_answer(answer.pk, status=Message.Status.DONE, **fields)
 
 
 def group_with(user, name: str, **limits) -> Group:
@@ -128,7 +136,7 @@ def test_the_message_rate_says_which_limit_and_when_it_resets(alice, bob, model,
     answers.append(send(alice, model, "q2"))
     now = timezone.now()
     for answer, age in zip(answers, (18, 10, 5), strict=True):
-        Message.objects.filter(pk=answer.pk).update(created_at=now - timedelta(seconds=age))
+        update_answer(answer.pk, created_at=now - timedelta(seconds=age))
     finish(answers[1])
 
     refused = refusal(alice, model)
@@ -141,7 +149,7 @@ def test_the_message_rate_says_which_limit_and_when_it_resets(alice, bob, model,
     send(bob, model)  # bob's rate is his own
 
     # Once the oldest answer is more than a minute old, there is room for one more.
-    Message.objects.filter(pk=answers[0].pk).update(created_at=now - timedelta(seconds=61))
+    update_answer(answers[0].pk, created_at=now - timedelta(seconds=61))
     assert send(alice, model, "now it fits").status == Message.Status.QUEUED
     assert refusal(alice, model).code == "rate"
 
@@ -165,9 +173,7 @@ def test_tokens_per_day_say_how_many_were_used_and_when_the_day_resets(alice, mo
     now = timezone.now()
     yesterday = send(alice, model, "yesterday")
     finish(yesterday, prompt_tokens=50_000, completion_tokens=50_000)
-    Message.objects.filter(pk=yesterday.pk).update(
-        created_at=quotas.start_of_day(now) - timedelta(minutes=1)
-    )
+    update_answer(yesterday.pk, created_at=quotas.start_of_day(now) - timedelta(minutes=1))
     finish(send(alice, model, "no counts"))  # null token counts count as 0
     partial = send(alice, model, "prompt only")
     finish(partial, prompt_tokens=4_000)
@@ -200,7 +206,7 @@ def test_concurrent_answers_name_the_limit_and_say_to_wait_or_stop(alice, model,
     assert "the limit is 1" in refused.messages[0]
     assert "Wait for one to finish or stop one" in refused.messages[0]
     assert "your message is still in the box" in refused.messages[0]
-    Message.objects.filter(pk=first.pk).update(status=Message.Status.RUNNING)
+    update_answer(first.pk, status=Message.Status.RUNNING)
     assert refusal(alice, model).code == "concurrent"  # running counts as well
     finish(first)
     assert send(alice, model, "second").status == Message.Status.QUEUED
@@ -316,9 +322,38 @@ def test_set_quota_needs_exactly_one_owner(alice):
             quotas.set_quota(**owner, **values)
 
 
-def test_the_limits_are_counted_in_one_query(alice, model, site, django_assert_num_queries):
+def test_the_limits_are_counted_in_two_queries(alice, model, site, django_assert_num_queries):
     send(alice, model)
-    with django_assert_num_queries(1):
+    with django_assert_num_queries(2):  # answers in progress; the usage ledger
         usage = quotas.current_usage(alice)
     assert (usage.active, usage.last_minute) == (1, 1)
     assert re.match(r"\d{4}-\d\d-\d\d 00:00:00\+00:00", str(quotas.start_of_day(usage.now)))
+
+
+def test_deleting_conversations_frees_no_quota_and_keeps_usage(alice, model, site):
+    from webui.chat import conversations
+
+    Quota.objects.create(user=alice, messages_per_minute=2, tokens_per_day=1_000)
+    first, second = send(alice, model, "one"), send(alice, model, "two")
+    finish(first, prompt_tokens=400, completion_tokens=600)
+    for answer in (first, second):
+        conversations.delete_conversation(alice, answer.conversation_id, grace_s=0)
+    assert not Message.objects.filter(conversation__owner=alice).exists()
+    assert refusal(alice, model).code == "tokens"  # 1,000 tokens used today, still
+    assert quotas.current_usage(alice).last_minute == 2
+    assert AnswerRecord.objects.filter(owner=alice, answer=None).count() == 2
+
+
+def test_imported_answers_count_against_nothing(alice, model, site):
+    import json
+
+    from webui.chat import exports
+
+    Quota.objects.create(user=alice, messages_per_minute=1)
+    messages = [{"id": 1, "role": "user", "content": "q"}]
+    messages += [
+        {"id": i, "parent_id": i - 1, "role": "assistant" if i % 2 == 0 else "user", "content": "x"}
+        for i in range(2, 40)
+    ]
+    exports.import_conversation(alice, json.dumps({"messages": messages}).encode())
+    send(alice, model, "a new question")  # the rate of 1 per minute is not used up

@@ -15,7 +15,8 @@ from django.utils import timezone
 from webui.accounts import usage
 from webui.accounts.models import Profile
 from webui.accounts.quotas import start_of_day
-from webui.chat.models import Conversation, LanguageModel, Message
+from webui.chat import answer_records
+from webui.chat.models import AnswerRecord, Conversation, LanguageModel, Message
 
 pytestmark = pytest.mark.django_db
 
@@ -46,10 +47,15 @@ def answer(
         completion_tokens=completion,
     )
     started = created_at + timedelta(seconds=1) if seconds is not None else None
-    Message.objects.filter(pk=row.pk).update(
-        created_at=created_at,
-        started_at=started,
-        finished_at=started + timedelta(seconds=seconds) if started else None,
+    times = {
+        "created_at": created_at,
+        "started_at": started,
+        "finished_at": started + timedelta(seconds=seconds) if started else None,
+    }
+    Message.objects.filter(pk=row.pk).update(**times)
+    answer_records.record_admitted(Message.objects.get(pk=row.pk), conversation)
+    AnswerRecord.objects.filter(answer=row).update(
+        **times, prompt_tokens=prompt, completion_tokens=completion
     )
     # The question is no answer: it must never be counted.
     Message.objects.create(conversation=conversation, role=Message.Role.USER, content="q")

@@ -175,6 +175,8 @@ VALID_MESSAGE = {"id": 1, "parent_id": None, "role": "user", "content": "hi", "s
         ({"messages": [{**VALID_MESSAGE, "extra": 1}]}, "messages.0.extra"),
         ({"messages": [VALID_MESSAGE], "parameters": {"temperature": 9}}, "parameters"),
         ({"messages": [VALID_MESSAGE], "parameters": {"evil": 1}}, "parameters"),
+        ({"messages": [VALID_MESSAGE], "parameters": {"seed": -5}}, "parameters: Seed"),
+        ({"messages": [VALID_MESSAGE], "parameters": {"stop": ["x"] * 999}}, "parameters"),
         ({"messages": [VALID_MESSAGE], "current_leaf": 5}, "current_leaf 5"),
         ({"messages": [VALID_MESSAGE], "title": "t" * 201}, "title"),
         ({"messages": [VALID_MESSAGE], "version": 2}, "version"),

@@ -104,6 +104,16 @@ def test_shared_page_is_public_and_shows_only_the_finished_branch(shared_convers
     assert "no-store" in response["Cache-Control"]
 
 
+def test_a_deactivated_persons_links_go_dark(alice, django_user_model, shared_conversation):
+    from webui.accounts import people
+
+    link = SharedLink.objects.create(conversation=shared_conversation, token="d" * 43)
+    assert Client().get(f"/s/{link.token}/").status_code == 200
+    admin = django_user_model.objects.create_user("root", password="x", is_staff=True)
+    people.deactivate(admin, alice)
+    assert Client().get(f"/s/{link.token}/").status_code == 404
+
+
 def test_unknown_and_revoked_tokens_are_404(shared_conversation):
     from django.utils import timezone
 

@@ -129,4 +129,27 @@ def test_a_title_the_person_chose_is_never_overwritten(alice, gemma):
     ],
 )
 def test_titles_are_cleaned_to_one_short_line(raw, clean):
-    assert titles.clean_title(raw) == clean
+    assert titles.title_from_model_text(raw) == clean
+
+
+def test_a_title_whose_worker_died_waits_again(alice, gemma):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    conversation, _, _ = services.send_message(
+        user=alice, conversation_id=None, text="hello", model_id=gemma.pk
+    )
+    claimed = timezone.now() - titles.LOST_AFTER - timedelta(seconds=1)
+    Conversation.objects.filter(pk=conversation.pk).update(
+        title_status=TitleStatus.RUNNING, title_claimed_at=claimed
+    )
+    fresh, _, _ = services.send_message(
+        user=alice, conversation_id=None, text="fresh", model_id=gemma.pk
+    )
+    Conversation.objects.filter(pk=fresh.pk).update(
+        title_status=TitleStatus.RUNNING, title_claimed_at=timezone.now()
+    )
+    assert titles.requeue_lost_titles() == 1
+    assert Conversation.objects.get(pk=conversation.pk).title_status == TitleStatus.PENDING
+    assert Conversation.objects.get(pk=fresh.pk).title_status == TitleStatus.RUNNING

@@ -19,6 +19,11 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _check_days(days: int) -> None:
+    if not 1 <= days <= 365:
+        raise ValidationError("Invites last between 1 and 365 days.")
+
+
 def create_invite(
     *, created_by: AbstractBaseUser, role: str = Role.USER, note: str = "", days: int | None = None
 ) -> tuple[Invite, str]:
@@ -26,6 +31,7 @@ def create_invite(
     if role not in Role.values:
         raise ValidationError("Unknown role.")
     days = days or SiteSettings.load().invite_days
+    _check_days(days)
     token = secrets.token_urlsafe(32)
     invite = Invite.objects.create(
         token_hash=_hash(token),
@@ -98,8 +104,7 @@ def set_signup_mode(mode: str, invite_days: int | None = None) -> SiteSettings:
     site = SiteSettings.load()
     site.signup_mode = mode
     if invite_days is not None:
-        if not 1 <= invite_days <= 365:
-            raise ValidationError("Invites last between 1 and 365 days.")
+        _check_days(invite_days)
         site.invite_days = invite_days
     site.save()
     return site

@@ -1,8 +1,9 @@
 """Quotas: how much one person may use, and the check every new answer passes first.
 
 A person's effective limit of each kind is the strictest of their own quota, the quota of
-each group they belong to, and the site default (``CORRAL_*`` settings). Limits count the
-answers Corral already stores (assistant ``Message`` rows), so nothing else is recorded:
+each group they belong to, and the site default (``CORRAL_*`` settings). Limits count
+answers in progress (``Message`` rows) and the usage ledger (``AnswerRecord`` rows, kept
+when a conversation is deleted, none for imported answers):
 
 - concurrent answers: queued or running now;
 - messages per minute: answers *created* in the last 60 s, whatever their status, so a
@@ -26,7 +27,7 @@ from django.utils import timezone
 
 from webui import config
 from webui.accounts.models import Quota
-from webui.chat.models import Message
+from webui.chat.models import AnswerRecord, Message
 
 KINDS = ("tokens_per_day", "messages_per_minute", "concurrent_answers")
 RATE_WINDOW = timedelta(seconds=60)
@@ -147,25 +148,26 @@ def start_of_day(now: datetime) -> datetime:
 
 
 def current_usage(user: AbstractBaseUser, now: datetime | None = None) -> Usage:
-    """Everything the limits count, in one aggregate query over the person's answers."""
+    """Everything the limits count: answers in progress, and from the usage ledger (which
+    outlives deleted conversations) the answers of the last minute and today's tokens."""
     now = now or timezone.now()
     minute_ago = now - RATE_WINDOW
     midnight = start_of_day(now)
     recent = Q(created_at__gte=minute_ago)
     today = Q(created_at__gte=midnight)
-    figures = Message.objects.filter(
-        Q(status__in=Message.ACTIVE) | Q(created_at__gte=min(minute_ago, midnight)),
-        conversation__owner=user,
-        role=Message.Role.ASSISTANT,
+    active = Message.objects.filter(
+        conversation__owner=user, role=Message.Role.ASSISTANT, status__in=Message.ACTIVE
+    ).count()
+    figures = AnswerRecord.objects.filter(
+        owner=user, created_at__gte=min(minute_ago, midnight)
     ).aggregate(
-        active=Count("pk", filter=Q(status__in=Message.ACTIVE)),
         last_minute=Count("pk", filter=recent),
         oldest=Min("created_at", filter=recent),
         prompt=Sum("prompt_tokens", filter=today),
         completion=Sum("completion_tokens", filter=today),
     )
     return Usage(
-        active=figures["active"],
+        active=active,
         last_minute=figures["last_minute"],
         oldest_in_minute=figures["oldest"],
         tokens_today=(figures["prompt"] or 0) + (figures["completion"] or 0),

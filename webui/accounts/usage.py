@@ -1,6 +1,7 @@
-"""Usage figures, read from the answers Corral already stores (assistant ``Message`` rows:
-token counts, start and finish times, model, the conversation's owner). Every figure is
-aggregated by the database; nothing here loops over answers.
+"""Usage figures, read from the usage ledger (``AnswerRecord``: one row per answer Corral
+generated, with its token counts, start and finish times, model and owner, kept when the
+conversation is deleted). Every figure is aggregated by the database; nothing here loops
+over answers.
 
 Days are UTC days, like the daily token quota, and an answer counts on the day it was
 asked for (its ``created_at``).
@@ -21,7 +22,7 @@ from django.utils import timezone
 
 from webui.accounts.quotas import current_usage, effective_limits, start_of_day
 from webui.accounts.selectors import display_name
-from webui.chat.models import Message
+from webui.chat.models import AnswerRecord
 
 # Period key -> (days, label). A period of N days is today and the N - 1 days before it.
 PERIODS: dict[str, tuple[int, str]] = {
@@ -109,7 +110,7 @@ def sort_from(value: str | None) -> str:
 
 
 def _figures(prefix: str = "", condition: Q | None = None) -> dict[str, Any]:
-    """Aggregates over answers reached through ``prefix`` (e.g. "conversations__messages__"),
+    """Aggregates over answer records reached through ``prefix`` (e.g. "answer_records__"),
     counting only those matching ``condition``. Absent figures are 0, never NULL, so
     sorting puts people without answers last on PostgreSQL and SQLite alike."""
 
@@ -155,11 +156,9 @@ def _readable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def answers(period: Period, user: AbstractBaseUser | None = None) -> QuerySet:
     """Answers asked for in ``period``, of one person or of everyone."""
-    rows = Message.objects.filter(
-        role=Message.Role.ASSISTANT, created_at__gte=period.start, created_at__lt=period.end
-    )
+    rows = AnswerRecord.objects.filter(created_at__gte=period.start, created_at__lt=period.end)
     if user is not None:
-        rows = rows.filter(conversation__owner=user)
+        rows = rows.filter(owner=user)
     return rows
 
 
@@ -195,13 +194,9 @@ def per_person(period: Period, sort: str = DEFAULT_SORT) -> list[dict[str, Any]]
     sort = sort_from(sort)
     descending = sort.startswith("-")
     key = SORTS[sort.removeprefix("-")]
-    prefix = "conversations__messages__"
+    prefix = "answer_records__"
     condition = Q(
-        **{
-            prefix + "role": Message.Role.ASSISTANT,
-            prefix + "created_at__gte": period.start,
-            prefix + "created_at__lt": period.end,
-        }
+        **{prefix + "created_at__gte": period.start, prefix + "created_at__lt": period.end}
     )
     people = (
         get_user_model()

@@ -35,7 +35,8 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.core.exceptions import ValidationError
 
-from webui.accounts.selectors import can_chat, session_user
+from webui.accounts.models import Profile
+from webui.accounts.selectors import session_user
 from webui.chat import client_messages, selectors, services
 from webui.chat.client_messages import BadClientMessage
 from webui.chat.models import Conversation, Message
@@ -58,12 +59,24 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
 
     async def connect(self) -> None:
         user = self.scope["user"]
-        await self.accept()  # first, so the browser learns the close code below
+        if user.is_authenticated:
+            # Joined before the socket opens: an account change from then on reaches it.
+            self.user_group = publish.user_group_name(user.pk)
+            await self.channel_layer.group_add(self.user_group, self.channel_name)
+        await self.accept()  # before any refusal, so the browser learns the close code
         if not user.is_authenticated:
             await self._sign_out("You are signed out.")
             return
-        if not await database_sync_to_async(can_chat)(user):
-            await self._sign_out("Your account is waiting for approval.", CLOSE_NOT_ALLOWED)
+        # Fresh from the database: the account may have changed since the handshake.
+        user = await database_sync_to_async(session_user)(
+            user.pk, self.scope["session"].session_key
+        )
+        if user is None:
+            waiting = await database_sync_to_async(_waiting_for_approval)(self.scope["user"])
+            if waiting:
+                await self._sign_out("Your account is waiting for approval.", CLOSE_NOT_ALLOWED)
+            else:
+                await self._sign_out("You were signed out.")
             return
         self.conversation_id = int(self.scope["url_route"]["kwargs"]["conversation_id"])
         conversation = await database_sync_to_async(selectors.get_conversation_for)(
@@ -73,8 +86,6 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_NOT_FOUND)
             return
         # Join before reading the database, so nothing published in between is missed.
-        self.user_group = publish.user_group_name(user.pk)
-        await self.channel_layer.group_add(self.user_group, self.channel_name)
         self.group = publish.group_name(self.conversation_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.send_snapshot(conversation, resume=_parse_resume(self.scope))
@@ -256,6 +267,11 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         if event.get("keep_session") and event["keep_session"] == session_key:
             return
         await self._sign_out(event.get("reason") or "You were signed out.")
+
+
+def _waiting_for_approval(user: Any) -> bool:
+    """An active account that an admin has not approved yet (not signed out)."""
+    return Profile.objects.filter(user_id=user.pk, approved=False, user__is_active=True).exists()
 
 
 def _parse_resume(scope: dict[str, Any]) -> dict[int, tuple[int, int]]:

@@ -108,13 +108,6 @@ def sidebar_page(
 # Changes ------------------------------------------------------------------------------
 
 
-def _owned(user: AbstractBaseUser | AnonymousUser, conversation_id: int) -> Conversation:
-    conversation = selectors.get_conversation_for(user, conversation_id)
-    if conversation is None:
-        raise Conversation.DoesNotExist
-    return conversation
-
-
 def clean_title(title: str) -> str:
     """One line, trimmed, 1..TITLE_MAX_CHARS characters."""
     cleaned = " ".join((title or "").split())
@@ -143,7 +136,7 @@ def rename(user: AbstractBaseUser, conversation_id: int, title: str) -> Conversa
         if not changed:
             raise Conversation.DoesNotExist
         publish.publish_event(conversation_id, {"type": "conversation.changed"})
-    return _owned(user, conversation_id)
+    return selectors.owned_conversation(user, conversation_id)
 
 
 def set_pinned(user: AbstractBaseUser, conversation_id: int, pinned: bool) -> None:
@@ -206,7 +199,7 @@ def delete_conversation(
 
     Open tabs of the conversation are told, and their socket closes as "not available".
     """
-    conversation = _owned(user, conversation_id)
+    conversation = selectors.owned_conversation(user, conversation_id)
     active = _stop_active_answers(user, conversation)
     if active and grace_s > 0:
         _wait_until_ended(active, grace_s)

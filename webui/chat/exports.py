@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
@@ -23,6 +24,7 @@ from pydantic import ValidationError as PydanticValidationError
 from inference import SamplingOptions
 from webui import config
 from webui.chat import selectors
+from webui.chat.conversation_settings import validate_parameters
 from webui.chat.models import Conversation, Message, TitleStatus
 
 FORMAT = "corral.conversation"
@@ -226,14 +228,19 @@ def import_conversation(user: AbstractBaseUser, raw: bytes) -> Conversation:
     if not title:
         first = next((m.content for m in data.messages if m.role == "user"), "")
         title, title_status = " ".join(first.split())[:TITLE_CHARS], TitleStatus.PROVISIONAL
+    model = models.get(data.model or "")
+    try:  # the same checks as the settings panel (seed range, no stop lists, token cap)
+        parameters = validate_parameters(data.parameters, model)
+    except ValidationError as exc:
+        raise ImportRejected([f"parameters: {m}" for m in exc.messages]) from None
     with transaction.atomic():
         conversation = Conversation.objects.create(
             owner=user,
             title=title,
             title_status=title_status,
             system_prompt=data.system_prompt,
-            parameters=data.parameters,
-            model=models.get(data.model or ""),
+            parameters=parameters,
+            model=model,
         )
         rows = [
             Message(

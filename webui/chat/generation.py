@@ -27,7 +27,7 @@ from inference import (
     get_backend,
 )
 from webui import config
-from webui.chat import jobs, selectors
+from webui.chat import answer_records, jobs, selectors
 from webui.chat.models import LanguageModel, Message
 from webui.chat.services import publish_message
 from workers import publish, stop_flags
@@ -246,6 +246,7 @@ def _save_outcome(
             return _drop_attempt(answer)
         answer.refresh_from_db()
         if saved:
+            answer_records.record_outcome(answer)
             publish_message(answer)
     stop_flags.clear(answer.pk, answer.attempts)
     publish.flush(timeout=2)  # a pool child may exit after this job: send what is queued

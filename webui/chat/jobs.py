@@ -22,6 +22,7 @@ from django.db.models import Avg, F, Max, Q
 from django.utils import timezone
 
 from webui import config
+from webui.chat import answer_records
 from webui.chat.models import Message
 from workers import publish
 from workers.queues import queue_for_pool
@@ -326,6 +327,7 @@ def reap_stale(now: datetime | None = None) -> list[int]:
             if changed:
                 reaped.append(answer.pk)
                 answer.refresh_from_db()
+                answer_records.record_outcome(answer)
                 from webui.chat.services import publish_message
 
                 publish_message(answer)
@@ -372,6 +374,7 @@ def end_queued(answer: Message, status: str, error: str) -> bool:
     )
     if changed:
         answer.refresh_from_db()
+        answer_records.record_outcome(answer)
         publish_message(answer)
     return bool(changed)
 
@@ -387,12 +390,15 @@ def fail_orphans() -> list[int]:
 
 def run_reaper_forever(stop: threading.Event) -> None:
     """Body of the reaper thread in every worker's main process and in `make run`."""
+    from webui.chat.titles import requeue_lost_titles  # titles builds on generation, on jobs
+
     while not stop.wait(config.REAP_INTERVAL_S):
         try:
             close_old_connections()
             reap_stale()
             fail_orphans()
             wake_forgotten_queues()
+            requeue_lost_titles()
         except Exception:
             logger.warning("reaper pass failed", exc_info=True)
     connection.close()

@@ -57,6 +57,8 @@ class Conversation(models.Model):
         max_length=12, choices=TitleStatus.choices, default=TitleStatus.PROVISIONAL
     )
     pinned = models.BooleanField(default=False)
+    # When a worker took the title job: one left "running" long after was lost.
+    title_claimed_at = models.DateTimeField(null=True, blank=True)
     # Hidden from the sidebar, still found by search.
     archived = models.BooleanField(default=False)
     # Sent first in every request of this conversation, when not empty.
@@ -156,3 +158,33 @@ class SharedLink(models.Model):
 
     def __str__(self) -> str:
         return f"Link to conversation {self.conversation_id}"
+
+
+class AnswerRecord(models.Model):
+    """What one answer used, kept when its conversation is deleted. Quotas and usage
+    count these rows, so deleting conversations frees no quota and leaves the usage
+    history whole. Imported answers were not generated here and have none."""
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="answer_records"
+    )
+    answer = models.OneToOneField(
+        Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="record"
+    )
+    model = models.ForeignKey(
+        LanguageModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["owner", "created_at"]),
+            models.Index(fields=["created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"Record of answer {self.answer_id}"

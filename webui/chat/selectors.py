@@ -22,6 +22,16 @@ def get_conversation_for(
     return conversations_for(user).filter(pk=conversation_id).first()
 
 
+def owned_conversation(
+    user: AbstractBaseUser | AnonymousUser, conversation_id: int
+) -> Conversation:
+    """The user's conversation with this id; Conversation.DoesNotExist for anyone else's."""
+    conversation = get_conversation_for(user, conversation_id)
+    if conversation is None:
+        raise Conversation.DoesNotExist
+    return conversation
+
+
 def get_message_for(user: AbstractBaseUser | AnonymousUser, message_id: int) -> Message | None:
     return (
         Message.objects.select_related("conversation")

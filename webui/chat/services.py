@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from webui.accounts import quotas
 from webui.accounts.selectors import can_chat
-from webui.chat import jobs, selectors
+from webui.chat import answer_records, jobs, selectors
 from webui.chat.models import Conversation, LanguageModel, Message
 from workers import publish, stop_flags
 
@@ -98,6 +98,7 @@ def send_message(
                 raise Conversation.DoesNotExist
         if not conversation.title:
             conversation.title = " ".join(text.split())[:TITLE_CHARS]
+            conversation.save(update_fields=["title"])
         question = Message.objects.create(
             conversation=conversation,
             role=Message.Role.USER,
@@ -121,9 +122,11 @@ def _queue_answer(
         status=Message.Status.QUEUED,
         parent=question,
     )
+    answer_records.record_admitted(answer, conversation)
     conversation.model = model
     conversation.current_leaf = answer
-    conversation.save()
+    # Only what this changes: a settings save, pin or title in another tab must stand.
+    conversation.save(update_fields=["model", "current_leaf", "updated_at"])
     if model is None:
         _finish(answer, Message.Status.FAILED, "No model is available: ask an admin to add one.")
     # Sent at commit, in registration order: clients hear "queued" before the worker is

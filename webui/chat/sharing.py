@@ -17,28 +17,21 @@ from django.utils import timezone
 
 from webui.accounts.selectors import display_name
 from webui.chat import selectors
-from webui.chat.models import Conversation, Message, SharedLink
+from webui.chat.models import Message, SharedLink
 
 # Longer than anything secrets.token_urlsafe(32) makes (43 characters); cheap to refuse.
 MAX_TOKEN_CHARS = 64
 
 
-def _owned(user: AbstractBaseUser, conversation_id: int) -> Conversation:
-    conversation = selectors.get_conversation_for(user, conversation_id)
-    if conversation is None:
-        raise Conversation.DoesNotExist
-    return conversation
-
-
 def active_links(user: AbstractBaseUser, conversation_id: int) -> QuerySet[SharedLink]:
     """The conversation's links that still work, newest first."""
-    conversation = _owned(user, conversation_id)
+    conversation = selectors.owned_conversation(user, conversation_id)
     return conversation.shared_links.filter(revoked_at=None).order_by("-created_at", "-pk")
 
 
 def create_link(user: AbstractBaseUser, conversation_id: int) -> SharedLink:
     """A new unguessable link (256 random bits) to the conversation."""
-    conversation = _owned(user, conversation_id)
+    conversation = selectors.owned_conversation(user, conversation_id)
     return SharedLink.objects.create(conversation=conversation, token=secrets.token_urlsafe(32))
 
 
@@ -72,7 +65,8 @@ def shared_conversation(token: str) -> SharedConversation | None:
         return None
     link = (
         SharedLink.objects.select_related("conversation__owner")
-        .filter(token=token, revoked_at=None)
+        # A deactivated person's links go dark with their account.
+        .filter(token=token, revoked_at=None, conversation__owner__is_active=True)
         .first()
     )
     if link is None:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import logging
 import re
 import time
+from datetime import datetime, timedelta
+
+from django.utils import timezone
 
 from inference import BackendError, ChatMessage, GenerationRequest, SamplingOptions, get_backend
 from webui import config
@@ -28,6 +31,7 @@ INSTRUCTION = (
 )
 OPTIONS = SamplingOptions(temperature=0.2, max_tokens=20, repeat_penalty=1.1)
 ANSWER_WAITING_POLL_S = 0.2
+LOST_AFTER = timedelta(minutes=2)
 
 
 def request_title(answer: Message) -> bool:
@@ -58,7 +62,7 @@ def _claim(pool: str) -> Conversation | None:
     ).order_by("updated_at")[:5]:
         claimed = Conversation.objects.filter(
             pk=conversation.pk, title_status=TitleStatus.PENDING
-        ).update(title_status=TitleStatus.RUNNING)
+        ).update(title_status=TitleStatus.RUNNING, title_claimed_at=timezone.now())
         if claimed:
             return Conversation.objects.select_related("model").get(pk=conversation.pk)
     return None
@@ -80,7 +84,7 @@ def title_request(conversation: Conversation) -> GenerationRequest:
     )
 
 
-def clean_title(text: str) -> str:
+def title_from_model_text(text: str) -> str:
     """The first line of what the model wrote, without markdown, quotes or a label."""
     line = next((part for part in text.strip().splitlines() if part.strip()), "")
     line = re.sub(r"[*_`#]", "", line).strip()
@@ -137,4 +141,13 @@ def _generate(conversation: Conversation, pool: str) -> str | None:
             text += getattr(item, "text", "")
     finally:
         items.close()
-    return clean_title(text)
+    return title_from_model_text(text)
+
+
+def requeue_lost_titles(now: datetime | None = None) -> int:
+    """Titles still "running" long after a worker took them: that worker died. They wait
+    again (the reaper calls this). A title takes a second or two, so the margin is wide."""
+    now = now or timezone.now()
+    return Conversation.objects.filter(
+        title_status=TitleStatus.RUNNING, title_claimed_at__lt=now - LOST_AFTER
+    ).update(title_status=TitleStatus.PENDING)

@@ -6,11 +6,23 @@ from django.db import migrations, models
 
 
 def create_site_settings_and_profiles(apps, schema_editor):
-    """The settings row that first-admin setup locks, and profiles for existing users."""
+    """The settings row that first-admin setup locks, profiles for existing users, and a
+    record of every session already signed in (so "sign out everywhere" ends them too)."""
+    from django.contrib.sessions.backends.db import SessionStore
+
     apps.get_model("accounts", "SiteSettings").objects.get_or_create(pk=1)
     Profile = apps.get_model("accounts", "Profile")
     User = apps.get_model(*settings.AUTH_USER_MODEL.split("."))
     Profile.objects.bulk_create([Profile(user=user) for user in User.objects.all()])
+    UserSession = apps.get_model("accounts", "UserSession")
+    Session = apps.get_model("sessions", "Session")
+    users = set(User.objects.values_list("pk", flat=True))
+    records = []
+    for session in Session.objects.iterator():
+        user_id = SessionStore().decode(session.session_data).get("_auth_user_id")
+        if user_id is not None and str(user_id).isdigit() and int(user_id) in users:
+            records.append(UserSession(user_id=int(user_id), session_key=session.session_key))
+    UserSession.objects.bulk_create(records, ignore_conflicts=True)
 
 
 class Migration(migrations.Migration):
@@ -20,6 +32,7 @@ class Migration(migrations.Migration):
     dependencies = [
         ('auth', '0012_alter_user_first_name_max_length'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
+        ("sessions", "0001_initial"),
     ]
 
     operations = [
