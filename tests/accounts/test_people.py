@@ -9,7 +9,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.contrib.sessions.models import Session
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.test import Client
 from django.utils import timezone
 
@@ -245,3 +245,32 @@ def test_changes_made_in_djangos_admin_sign_the_person_out_too(admin_client, ali
     assert not alice.is_active
     assert person.get("/").status_code == 302
     assert not UserSession.objects.filter(user=alice).exists()
+
+
+def test_a_conversation_whose_model_was_restricted_says_so_and_refuses_it(alice, gemma):
+    from webui.chat.models import Message
+
+    gemma.pool = "gpu"
+    gemma.save()
+    conversation, question, answer = services.send_message(
+        user=alice, conversation_id=None, text="hi", model_id=gemma.pk
+    )
+    Message.objects.filter(pk=answer.pk).update(status=Message.Status.DONE, content="Hello")
+    gemma.groups.add(Group.objects.create(name="Research"))  # alice is not in it
+    client = Client()
+    client.force_login(alice)
+    page = client.get(f"/c/{conversation.pk}/").content.decode()
+    assert "is no longer available to you" in page
+    assert f'<option value="{gemma.pk}"' not in page
+    for attempt in (
+        lambda: services.send_message(
+            user=alice, conversation_id=conversation.pk, text="again", model_id=gemma.pk
+        ),
+        lambda: services.regenerate(user=alice, message_id=answer.pk, model_id=gemma.pk),
+        lambda: services.edit_message(
+            user=alice, message_id=question.pk, text="edited", model_id=gemma.pk
+        ),
+    ):
+        with pytest.raises(ValidationError, match="not available"):
+            attempt()
+    assert conversation.messages.count() == 2
