@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from tests.chat.test_search import make as make_with_messages
 from tests.e2e.conftest import sign_in
 from webui.chat.models import Conversation, Message, TitleStatus
 
@@ -14,17 +15,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transa
 
 
 def make(owner, title: str, texts: list[str], age_minutes: int) -> Conversation:
-    conversation = Conversation.objects.create(owner=owner, title=title)
-    parent = None
-    for i, text in enumerate(texts):
-        parent = Message.objects.create(
-            conversation=conversation,
-            role="user" if i % 2 == 0 else "assistant",
-            content=text,
-            parent=parent,
-        )
-    conversation.current_leaf = parent
-    conversation.save()
+    conversation = make_with_messages(owner, title, *texts)
     Conversation.objects.filter(pk=conversation.pk).update(
         updated_at=timezone.now() - timedelta(minutes=age_minutes)
     )
