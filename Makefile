@@ -6,12 +6,19 @@ STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
 .PHONY: install run test bench lint format clean
 
+# llama.cpp is built for this CPU (-march=native) but without its AMX kernels: on machines
+# whose CPU advertises AMX to a VM that cannot run it, they crash every model load with
+# SIGSEGV in ggml_backend_amx_mul_mat. GCC's -mno-* wins over -march=native, so AVX-512
+# stays. A GPU worker sets its own, e.g. CMAKE_ARGS="-DGGML_CUDA=on" make install.
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+CMAKE_ARGS ?= -DCMAKE_C_FLAGS="$(NO_AMX)" -DCMAKE_CXX_FLAGS="$(NO_AMX)"
+
 # pip keeps the llama-cpp-python wheel it builds (4-15 minutes) in its cache, so a new
 # virtual environment reuses it instead of compiling llama.cpp again.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	CMAKE_ARGS='$(CMAKE_ARGS)' $(PY) -m pip install --quiet -e '.[dev]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

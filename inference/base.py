@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -80,6 +80,16 @@ class BackendError(Exception):
 
 class Backend(Protocol):
     name: str
+
+    def batch_key(self, model: ModelSpec) -> Hashable:
+        """Answers whose models have equal keys may run at the same time in one process
+        (one loaded llama.cpp model; one Ollama server)."""
+        ...
+
+    def max_concurrent(self, model: ModelSpec) -> int:
+        """How many answers for ``model`` one process runs at once; ``stream`` is then
+        called from that many threads."""
+        ...
 
     def stream(
         self, request: GenerationRequest, cancel: threading.Event | None = None

@@ -1,29 +1,27 @@
-"""llama.cpp backend through llama-cpp-python: a GGUF file loaded in this process."""
+"""llama.cpp backend: a GGUF file loaded in this process, serving several answers at once.
+
+The model lives in a :class:`~inference.llama_engine.BatchEngine` (continuous batching in
+one llama.cpp context). Concurrent ``stream`` calls, one per answer thread of the worker,
+become sequences of the same batch; the worker only sees the backend interface.
+"""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from jinja2 import TemplateError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from inference.base import (
-    BackendError,
-    ChatMessage,
-    Finished,
-    GenerationRequest,
-    StreamItem,
-    TextChunk,
-    Usage,
+from inference.base import BackendError, ChatMessage, GenerationRequest, ModelSpec, StreamItem
+from inference.llama_engine import BatchEngine, EngineConfig
+from inference.llama_text import (
+    CHAT_TEMPLATE_KEY,
+    Formatter,
+    chat_formatter,
+    format_prompt,
 )
-
-if TYPE_CHECKING:
-    from llama_cpp import Llama
-
-CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
 
 
 class LlamaCppSettings(BaseModel):
@@ -31,11 +29,23 @@ class LlamaCppSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # Context per answer: the batch's context holds ``n_ctx`` cells for each sequence.
     n_ctx: int = Field(4096, ge=64, le=1_048_576)
     n_threads: int | None = Field(None, ge=1, le=512)
     n_gpu_layers: int = Field(0, ge=-1)
     # Used only when the GGUF carries no chat template (e.g. "gemma" for base Gemma files).
     chat_format: str | None = None
+    # Answers generated at once in one context (continuous batching).
+    batch_size: int = Field(8, ge=1, le=256)
+    # Prompt tokens a joining answer adds per step while others stream.
+    prefill_chunk: int = Field(128, ge=16, le=4096)
+
+
+def parse_settings(settings: dict[str, Any]) -> LlamaCppSettings:
+    try:
+        return LlamaCppSettings(**settings)
+    except ValidationError as exc:
+        raise BackendError(f"Invalid llama.cpp settings: {exc}") from exc
 
 
 class LlamaCppBackend:
@@ -44,85 +54,86 @@ class LlamaCppBackend:
     name = "llama_cpp"
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._key: tuple[str, LlamaCppSettings] | None = None
-        self._llm: Llama | None = None
+        self._engine: BatchEngine | None = None
+        self._formatter: Formatter | None = None
+        self._format_name: str | None = None
 
-    def load(self, path: str, settings: dict[str, Any]) -> Llama:
-        try:
-            parsed = LlamaCppSettings(**settings)
-        except ValidationError as exc:
-            raise BackendError(f"Invalid llama.cpp settings: {exc}") from exc
+    def batch_key(self, model: ModelSpec) -> Hashable:
+        """Answers with the same key can share this process's batch (the same load)."""
+        return (self.name, model.target, parse_settings(model.settings))
+
+    def max_concurrent(self, model: ModelSpec) -> int:
+        return parse_settings(model.settings).batch_size
+
+    def load(
+        self, path: str, settings: dict[str, Any], cancel: threading.Event | None = None
+    ) -> BatchEngine:
+        """The engine for this file and settings, loading it if needed. Another model's
+        answers still running in this process finish first: one model is loaded at once."""
+        parsed = parse_settings(settings)
         key = (path, parsed)
-        if self._key == key and self._llm is not None:
-            return self._llm
-        file = Path(path)
-        if not file.is_file():
-            raise BackendError(f"Model file not found: {path}")
-        from llama_cpp import Llama  # heavy import, only where a model is really loaded
-
-        self._llm = self._key = None  # free the previous model before loading the next
-        try:
-            llm = Llama(
-                model_path=str(file),
-                n_ctx=parsed.n_ctx,
+        with self._lock:
+            while self._engine is not None and self._key != key and self._engine.busy:
+                if cancel is not None and cancel.is_set():
+                    raise BackendError("Stopped while waiting for another model to finish.")
+                self._lock.wait(0.1)
+            if self._key == key and self._engine is not None:
+                return self._engine
+            file = Path(path)
+            if not file.is_file():
+                raise BackendError(f"Model file not found: {path}")
+            if self._engine is not None:  # free the previous model before loading the next
+                self._engine.close()
+                self._engine = self._key = None
+            config = EngineConfig(
+                n_ctx_per_seq=parsed.n_ctx,
+                n_seq_max=parsed.batch_size,
                 n_threads=parsed.n_threads,
-                n_threads_batch=parsed.n_threads,
                 n_gpu_layers=parsed.n_gpu_layers,
-                verbose=False,
+                prefill_chunk=parsed.prefill_chunk,
             )
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise BackendError(f"Could not load {file.name}: {exc}") from exc
-        if CHAT_TEMPLATE_KEY not in llm.metadata:
-            if not parsed.chat_format:
-                raise BackendError(
-                    f"{file.name} has no chat template; set a chat format (e.g. 'gemma')."
+            try:
+                engine = BatchEngine(str(file), config)
+            except (ValueError, RuntimeError, OSError) as exc:
+                raise BackendError(f"Could not load {file.name}: {exc}") from exc
+            format_name = None
+            if CHAT_TEMPLATE_KEY not in engine.metadata:
+                if not parsed.chat_format:
+                    engine.close()
+                    raise BackendError(
+                        f"{file.name} has no chat template; set a chat format (e.g. 'gemma')."
+                    )
+                format_name = parsed.chat_format
+            model = engine.model
+            try:
+                self._formatter = chat_formatter(
+                    engine.metadata,
+                    format_name,
+                    bos=engine.token_text(model.token_bos()) if model.token_bos() != -1 else "",
+                    eos=engine.token_text(model.token_eos()) if model.token_eos() != -1 else "",
+                    eos_id=model.token_eos(),
                 )
-            llm.chat_format = parsed.chat_format
-        self._llm, self._key = llm, key
-        return llm
+            except BackendError:
+                engine.close()
+                raise
+            self._engine, self._key, self._format_name = engine, key, format_name
+            return engine
 
     def stream(
         self, request: GenerationRequest, cancel: threading.Event | None = None
     ) -> Iterator[StreamItem]:
-        # ``cancel`` is honoured by the caller between chunks: llama.cpp yields a token
-        # every few milliseconds once the prompt is evaluated.
-        with self._lock:  # a Llama context serves one stream at a time
-            llm = self.load(request.model.target, request.model.settings)
-            options = request.options
-            messages = fit_context(llm, request.messages, options.max_tokens)
-            if llm.chat_format in SYSTEM_IN_FIRST_TURN:
-                messages = fold_system_prompt(messages)
-            try:
-                chunks = llm.create_chat_completion(
-                    messages=[{"role": m.role, "content": m.content} for m in messages],
-                    stream=True,
-                    temperature=options.temperature,
-                    top_p=options.top_p,
-                    top_k=options.top_k,
-                    repeat_penalty=options.repeat_penalty,
-                    max_tokens=options.max_tokens,
-                    seed=options.seed,
-                    stop=list(options.stop),
-                )
-            except (ValueError, TemplateError) as exc:  # e.g. a template refusing the turns
-                raise BackendError(f"Could not build the prompt: {exc}") from exc
-            text_parts: list[str] = []
-            reason = "stop"
-            try:
-                for chunk in chunks:
-                    choice = chunk["choices"][0]
-                    content = choice["delta"].get("content")
-                    if content:
-                        text_parts.append(content)
-                        yield TextChunk(content)
-                    if choice.get("finish_reason"):
-                        reason = choice["finish_reason"]
-            except ValueError as exc:  # llama.cpp reports context overflow this way
-                raise BackendError(str(exc)) from exc
-            finally:
-                chunks.close()  # stops the decode loop when the caller stops early
-            yield Finished(reason=reason, usage=_usage(llm, "".join(text_parts), reason))
+        engine = self.load(request.model.target, request.model.settings, cancel)
+        formatter, format_name = self._formatter, self._format_name
+        assert formatter is not None
+        options = request.options
+        messages = fit_context(engine, request.messages, options.max_tokens)
+        if format_name in SYSTEM_IN_FIRST_TURN:
+            messages = fold_system_prompt(messages)
+        prompt = format_prompt(formatter, messages)
+        tokens = engine.tokenize(prompt.text, add_bos=prompt.add_bos, special=True)
+        yield from engine.generate(tokens, options, (*options.stop, *prompt.stop), cancel)
 
 
 # llama-cpp-python's formats for these drop system messages silently; Gemma's own
@@ -148,17 +159,13 @@ PER_MESSAGE_OVERHEAD = 8
 
 
 def fit_context(
-    llm: Llama, messages: tuple[ChatMessage, ...], max_tokens: int
+    engine: BatchEngine, messages: tuple[ChatMessage, ...], max_tokens: int
 ) -> tuple[ChatMessage, ...]:
     """Drop the oldest turns (never system prompts or the last message) until the prompt
     leaves room for the answer in the context window."""
-    n_ctx = llm.n_ctx()
+    n_ctx = engine.n_ctx_per_seq
     budget = n_ctx - min(max_tokens, n_ctx // 4)
-    sizes = [
-        len(llm.tokenize(m.content.encode("utf-8"), add_bos=False, special=False))
-        + PER_MESSAGE_OVERHEAD
-        for m in messages
-    ]
+    sizes = [len(engine.tokenize(m.content)) + PER_MESSAGE_OVERHEAD for m in messages]
     keep = list(range(len(messages)))
     droppable = [i for i in keep[:-1] if messages[i].role != "system"]
     total = sum(sizes)
@@ -176,12 +183,3 @@ def fit_context(
             f"{n_ctx} tokens leaves for the prompt ({budget}). Shorten the message."
         )
     return tuple(messages[i] for i in keep)
-
-
-def _usage(llm: Llama, text: str, reason: str) -> Usage:
-    # The streaming API reports no usage. The context now holds the prompt and every
-    # generated token but the last sampled one (an end-of-generation token is not
-    # counted; a "length" stop leaves the last counted token unevaluated).
-    completion = len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)) if text else 0
-    evaluated = completion - 1 if reason == "length" and completion else completion
-    return Usage(prompt_tokens=max(llm.n_tokens - evaluated, 0), completion_tokens=completion)

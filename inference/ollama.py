@@ -6,7 +6,7 @@ import contextlib
 import json
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import httpx
@@ -17,6 +17,7 @@ from inference.base import (
     BackendError,
     Finished,
     GenerationRequest,
+    ModelSpec,
     SamplingOptions,
     StreamItem,
     TextChunk,
@@ -30,7 +31,10 @@ DEFAULT_READ_TIMEOUT_S = 300.0
 
 # Settings an Ollama model may carry in ``ModelSpec.settings``. Unknown keys are an error, like
 # unknown sampling options, so a typo does not silently do nothing.
-_SETTINGS = ("host", "timeout", "num_ctx", "n_ctx", "keep_alive")
+_SETTINGS = ("host", "timeout", "num_ctx", "n_ctx", "keep_alive", "parallel")
+# Streams one worker process holds at once per server when a model says nothing: Ollama
+# batches them itself (OLLAMA_NUM_PARALLEL).
+DEFAULT_PARALLEL = 4
 
 # What the client and httpx raise for a server that is down, slow, or not speaking Ollama's API.
 # Anything else is a bug and propagates as it is.
@@ -47,6 +51,18 @@ class OllamaBackend:
     """Talks to an Ollama server; keeps no state, so one instance serves every request."""
 
     name = "ollama"
+
+    def batch_key(self, model: ModelSpec) -> Hashable:
+        """Answers for the same server share a worker process: each is one HTTP stream."""
+        return (self.name, _validate_settings(model.settings).get("host"))
+
+    def max_concurrent(self, model: ModelSpec) -> int:
+        parallel = _validate_settings(model.settings).get("parallel", DEFAULT_PARALLEL)
+        if not isinstance(parallel, int) or parallel < 1:
+            raise BackendError(
+                f"Ollama setting 'parallel' must be a positive integer, not {parallel!r}"
+            )
+        return parallel
 
     def stream(
         self, request: GenerationRequest, cancel: threading.Event | None = None

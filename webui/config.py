@@ -104,6 +104,10 @@ WORKER_CONCURRENCY: int = env.int("CORRAL_WORKER_CONCURRENCY", 1)
 N_THREADS: int = env.int("CORRAL_N_THREADS", os.cpu_count() or 2)
 DEFAULT_N_CTX: int = env.int("CORRAL_N_CTX", 4096)
 DEFAULT_N_GPU_LAYERS: int = env.int("CORRAL_N_GPU_LAYERS", 0)
+# Answers one worker process generates at once (continuous batching in one llama.cpp
+# context; a model's "batch_size" setting overrides it), and Ollama streams per server.
+BATCH_SIZE: int = env.int("CORRAL_BATCH_SIZE", 8)
+OLLAMA_PARALLEL: int = env.int("CORRAL_OLLAMA_PARALLEL", 4)
 DEFAULT_MODEL_NAME: str = env.str("CORRAL_DEFAULT_MODEL", "gemma3-270m")
 # After a conversation's first answer, its model writes a short title (low priority).
 AUTO_TITLE: bool = env.bool("CORRAL_AUTO_TITLE", True)

@@ -10,8 +10,9 @@ from workers.celery_app import app
 
 @app.task(name="corral.run_next_answer", acks_late=True, reject_on_worker_lost=True)
 def run_next_answer(pool: str) -> None:
-    """A wake-up for one worker of ``pool``: run the fairest queued answer, if any."""
-    from webui.chat.generation import run_next
+    """A wake-up for one worker of ``pool``: run queued answers, several at once, until
+    none waits."""
+    from workers.serving import serve
 
     worker = f"{run_next_answer.request.hostname or socket.gethostname()}:{os.getpid()}"
-    run_next(pool, worker=worker)
+    serve(pool, worker=worker)

@@ -16,3 +16,13 @@ def gemma(gemma):
     gemma.save()
     yield gemma
     redis.Redis.from_url(config.redis_url()).delete(UNSERVED_POOL)
+
+
+@pytest.fixture
+def cpu_model(db):
+    """A second model in another pool; nothing here ever runs it."""
+    from webui.chat.models import LanguageModel
+
+    return LanguageModel.objects.create(
+        name="other-pool", backend="llama_cpp", target="/nonexistent.gguf", pool="cpu"
+    )

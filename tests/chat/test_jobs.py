@@ -17,7 +17,7 @@ from inference import Finished, TextChunk, Usage
 from tests.chat.conftest import UNSERVED_POOL
 from webui import config
 from webui.chat import generation, jobs, services
-from webui.chat.models import Conversation, LanguageModel, Message
+from webui.chat.models import Conversation, Message
 
 pytestmark = pytest.mark.django_db
 
@@ -79,14 +79,6 @@ def running(answer: Message, *, heartbeat_age_s: float, attempts: int = 1, **fie
 @pytest.fixture
 def carol(django_user_model):
     return django_user_model.objects.create_user("carol", password="x-unused-password-x")
-
-
-@pytest.fixture
-def cpu_model(db) -> LanguageModel:
-    """A second model in another pool; nothing here ever runs it."""
-    return LanguageModel.objects.create(
-        name="other-pool", backend="llama_cpp", target="/nonexistent.gguf", pool="cpu"
-    )
 
 
 # Fairness -----------------------------------------------------------------------------

@@ -41,12 +41,12 @@ def test_streams_text_then_usage(gemma_path):
 def test_same_seed_gives_the_same_answer_and_model_stays_loaded(gemma_path):
     backend = get_backend("llama_cpp")
     first = "".join(i.text for i in backend.stream(request(gemma_path)) if isinstance(i, TextChunk))
-    loaded = backend._llm
+    loaded = backend._engine
     second = "".join(
         i.text for i in backend.stream(request(gemma_path)) if isinstance(i, TextChunk)
     )
     assert first == second
-    assert backend._llm is loaded  # kept between jobs, not reloaded
+    assert backend._engine is loaded  # kept between jobs, not reloaded
 
 
 def test_closing_the_stream_stops_generation(gemma_path):
@@ -127,7 +127,7 @@ def test_gguf_without_template_or_configured_format_is_refused(tmp_path):
 def test_long_history_is_trimmed_to_the_context_oldest_first(gemma_path):
     backend = get_backend("llama_cpp")
     backend.stream(request(gemma_path))  # generator: nothing runs yet
-    llm = backend.load(str(gemma_path), {"chat_format": "gemma", "n_ctx": 512})
+    engine = backend.load(str(gemma_path), {"chat_format": "gemma", "n_ctx": 512})
     system = ChatMessage("system", "Be brief.")
     turns = []
     for i in range(12):
@@ -136,13 +136,13 @@ def test_long_history_is_trimmed_to_the_context_oldest_first(gemma_path):
             ChatMessage("assistant", f"answer {i} " + "word " * 40),
         ]
     last = ChatMessage("user", "final question")
-    kept = fit_context(llm, (system, *turns, last), max_tokens=64)
+    kept = fit_context(engine, (system, *turns, last), max_tokens=64)
     assert kept[0] == system and kept[-1] == last
     assert kept[1].role == "user" and len(kept) < len(turns) + 2
     assert kept[1:-1] == tuple(turns[len(turns) - (len(kept) - 2) :])
 
     with pytest.raises(BackendError, match="Shorten the message"):
-        fit_context(llm, (ChatMessage("user", "word " * 2000),), max_tokens=64)
+        fit_context(engine, (ChatMessage("user", "word " * 2000),), max_tokens=64)
 
 
 def test_gemma_gets_the_system_prompt_in_its_first_user_turn():
@@ -163,3 +163,9 @@ def test_gemma_gets_the_system_prompt_in_its_first_user_turn():
     assert "Answer like a pirate.\n\nHello" in prompt
     assert [m.role for m in folded] == ["user", "assistant", "user"]
     assert fold_system_prompt(messages[1:]) == messages[1:]
+
+
+def test_an_unknown_chat_format_is_a_clear_error(gemma_path):
+    spec = ModelSpec("llama_cpp", str(gemma_path), {"chat_format": "no-such-format", "n_ctx": 512})
+    with pytest.raises(BackendError, match="Unknown chat format 'no-such-format'"):
+        list(get_backend("llama_cpp").stream(GenerationRequest(spec, (ChatMessage("user", "hi"),))))

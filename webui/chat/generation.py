@@ -50,7 +50,10 @@ def model_spec(model: LanguageModel) -> ModelSpec:
             "n_ctx": config.DEFAULT_N_CTX,
             "n_threads": config.N_THREADS,
             "n_gpu_layers": config.DEFAULT_N_GPU_LAYERS,
+            "batch_size": config.BATCH_SIZE,
         }
+    elif model.backend == "ollama":
+        defaults = {"parallel": config.OLLAMA_PARALLEL}
     return ModelSpec(
         backend=model.backend, target=model.target, settings={**defaults, **model.settings}
     )
@@ -131,7 +134,8 @@ class AnswerStream:
 
 
 def run_next(pool: str, worker: str) -> Message | None:
-    """Claim the fairest queued answer of ``pool`` and generate it; None if none waits."""
+    """Claim the fairest queued answer of ``pool`` and generate it in this thread; None if
+    none waits. (Workers run several at once: ``workers.serving``.)"""
     from webui.chat import titles  # titles builds on this module
 
     answer = jobs.claim_next(pool, worker)
@@ -145,6 +149,7 @@ def run_next(pool: str, worker: str) -> Message | None:
         # Everyone behind moved up: told from the heartbeat thread, off the first token's path.
         with jobs.Heartbeat(answer, first=lambda: jobs.publish_queue(pool)) as heartbeat:
             answer = generate(answer, heartbeat.cancelled, heartbeat)
+        jobs.wake_follow_ups(answer)
         titles.request_title(answer)
         return answer
     finally:
@@ -181,17 +186,14 @@ def generate(
         finally:
             items.close()  # closes the upstream stream (llama.cpp loop or HTTP response)
         stream.flush()
-        if heartbeat is not None and heartbeat.timed_out:
-            status = Message.Status.STOPPED
-            error = f"Stopped at the time limit of {config.MAX_GENERATION_S:g} s."
-        elif cancelled.is_set():
-            status, error = Message.Status.STOPPED, "Stopped by the user."
+        if cancelled.is_set():
+            status, error = Message.Status.STOPPED, _why_stopped(heartbeat)
     except LostOwnership:
         return _drop_attempt(answer)
     except BackendError as exc:
         status, error = Message.Status.FAILED, str(exc)
         if cancelled.is_set():  # the upstream connection was closed on purpose
-            status, error = Message.Status.STOPPED, "Stopped by the user."
+            status, error = Message.Status.STOPPED, _why_stopped(heartbeat)
     except Exception as exc:
         logger.exception("answer %s failed", answer.pk)
         status, error = Message.Status.FAILED, f"Internal error: {type(exc).__name__}: {exc}"
@@ -200,6 +202,12 @@ def generate(
     except LostOwnership:
         return _drop_attempt(answer)
     return _save_outcome(stream, finished, status, error)
+
+
+def _why_stopped(heartbeat: jobs.Heartbeat | None) -> str:
+    if heartbeat is not None and heartbeat.timed_out:
+        return f"Stopped at the time limit of {config.MAX_GENERATION_S:g} s."
+    return "Stopped by the user."
 
 
 def _drop_attempt(answer: Message) -> Message:
@@ -237,17 +245,18 @@ def _save_outcome(
         tokens = fields.get("completion_tokens") or 0
         if tokens > 1 and generating_s > 0:
             fields["tokens_per_second"] = round((tokens - 1) / generating_s, 2)
+    attempt = answer.attempts
     with transaction.atomic():
         saved = Message.objects.filter(jobs.still_ours(answer)).update(
             **fields, version=F("version") + 1
         )
-        if not saved and not Message.objects.filter(pk=answer.pk).exists():
-            # The conversation was deleted while this answer ran: nothing left to save.
+        if not saved:
+            # Reaped (re-queued, maybe re-claimed) or deleted while it ran: the row is
+            # another attempt's now, and so is its stop flag.
             return _drop_attempt(answer)
         answer.refresh_from_db()
-        if saved:
-            answer_records.record_outcome(answer)
-            publish_message(answer)
-    stop_flags.clear(answer.pk, answer.attempts)
+        answer_records.record_outcome(answer)
+        publish_message(answer)
+    stop_flags.clear(answer.pk, attempt)
     publish.flush(timeout=2)  # a pool child may exit after this job: send what is queued
     return answer

@@ -37,7 +37,7 @@ def _queued_in(pool: str) -> list[Message]:
         Message.objects.filter(
             role=Message.Role.ASSISTANT, status=Message.Status.QUEUED, model__pool=pool
         )
-        .select_related("conversation", "parent__parent")
+        .select_related("conversation", "model", "parent__parent")
         .order_by("created_at", "pk")
     )
 
@@ -174,14 +174,20 @@ def wake(pool: str) -> None:
     transaction.on_commit(send)
 
 
-def claim_next(pool: str, worker: str) -> Message | None:
+def claim_next(
+    pool: str, worker: str, fits: Callable[[Message], bool] | None = None
+) -> Message | None:
     """Take the fairest queued answer of the pool, or None when nothing waits.
 
     A follow-up waits while the answer before it is still being written: its prompt must
-    contain that answer."""
+    contain that answer. ``fits`` says whether the worker can run an answer beside those it
+    runs; when the fairest one does not fit, nothing is taken (it must not be overtaken
+    forever by answers that do)."""
     for candidate in queue_of(pool):
         if waits_for_earlier_answer(candidate):
             continue
+        if fits is not None and not fits(candidate):
+            return None
         now = timezone.now()
         claimed = Message.objects.filter(pk=candidate.pk, status=Message.Status.QUEUED).update(
             status=Message.Status.RUNNING,
@@ -196,6 +202,20 @@ def claim_next(pool: str, worker: str) -> Message | None:
             publish.reset_replay(answer.pk, answer.attempts)
             return answer
     return None
+
+
+def wake_follow_ups(answer: Message) -> list[str]:
+    """Queued follow-ups waited for ``answer`` to end; those of other pools have no
+    worker watching for that, so wake one there."""
+    pool = answer.model.pool if answer.model is not None else None
+    pools = set(
+        Message.objects.filter(status=Message.Status.QUEUED, parent__parent_id=answer.pk)
+        .exclude(model=None)
+        .values_list("model__pool", flat=True)
+    ) - {pool}
+    for other in sorted(pools):
+        wake(other)
+    return sorted(pools)
 
 
 def waits_for_earlier_answer(answer: Message) -> bool:
@@ -229,6 +249,8 @@ class Heartbeat:
         # Set with ``cancelled`` when the answer ran past CORRAL_MAX_GENERATION_S, even if
         # the backend went silent and no token arrives to check it.
         self.timed_out = False
+        # Set with ``cancelled`` when a beat found the attempt no longer ours.
+        self.lost = False
         self._deadline = time.monotonic() + config.MAX_GENERATION_S
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="corral-heartbeat", daemon=True)
@@ -259,14 +281,25 @@ class Heartbeat:
                     self.cancelled.set()
                 if time.monotonic() - last_beat < config.HEARTBEAT_INTERVAL_S:
                     continue
+                if time.monotonic() > self._deadline + config.HEARTBEAT_STALE_S:
+                    # Past the time limit and still not ended: the backend call hangs.
+                    # Silence lets the reaper end the answer.
+                    logger.warning("answer %s hangs past its time limit", self.answer.pk)
+                    return
                 try:  # one failed beat (a locked or restarting database) must not end them
-                    Message.objects.filter(still_ours(self.answer)).update(
+                    beat = Message.objects.filter(still_ours(self.answer)).update(
                         heartbeat_at=timezone.now()
                     )
                     last_beat = time.monotonic()
                 except Exception:
                     logger.warning("heartbeat of answer %s failed", self.answer.pk, exc_info=True)
                     close_old_connections()
+                    continue
+                if not beat:
+                    # Reaped, stopped or deleted: this attempt is not ours to write any more.
+                    self.lost = True
+                    self.cancelled.set()
+                    return
         finally:
             connection.close()  # this thread's own connection
 

@@ -208,15 +208,27 @@ def stop_answer(*, user: AbstractBaseUser, message_id: int) -> Message:
     answer = selectors.get_message_for(user, message_id)
     if answer is None or answer.role != Message.Role.ASSISTANT:
         raise Message.DoesNotExist
-    with transaction.atomic():
-        if jobs.end_queued(answer, Message.Status.STOPPED, "Stopped before it started."):
-            if answer.model is not None:
-                transaction.on_commit(lambda: jobs.publish_queue(answer.model.pool), robust=True)
+    # A reaper may re-queue the answer between any two of these steps: go round until it
+    # is ended while queued, or flagged while the same attempt still runs, or over.
+    for _ in range(5):
+        with transaction.atomic():
+            if jobs.end_queued(answer, Message.Status.STOPPED, "Stopped before it started."):
+                if answer.model is not None:
+                    pool = answer.model.pool
+                    transaction.on_commit(lambda p=pool: jobs.publish_queue(p), robust=True)
+                return answer
+        answer.refresh_from_db()
+        if answer.status == Message.Status.QUEUED:
+            continue
+        if answer.status != Message.Status.RUNNING:
             return answer
-    answer.refresh_from_db()
-    if answer.status == Message.Status.RUNNING:
-        # The worker polls this flag between chunks and closes the upstream stream.
-        stop_flags.request_stop(answer.pk, answer.attempts)
+        # The worker polls this flag between chunks and closes the upstream stream; a
+        # reaper that finds it stops the attempt instead of re-running it.
+        attempt = answer.attempts
+        stop_flags.request_stop(answer.pk, attempt)
+        answer.refresh_from_db()
+        if answer.status != Message.Status.QUEUED or answer.attempts != attempt:
+            return answer
     return answer
 
 

@@ -1,0 +1,375 @@
+"""Continuous batching: one loaded GGUF, one llama.cpp context, several answers at once.
+
+A thread owns the context and runs the decode loop. Each step puts one token of every
+generating sequence, plus a bounded chunk of a joining sequence's prompt, into one
+``llama_decode``; then each sequence samples from its own logits with its own sampler
+chain (the chain llama-cpp-python builds, so a sequence alone gives the text
+``create_chat_completion`` gives for the same seed). A sequence joins at the next step and
+its KV cells are freed the step after it ends or its reader goes away.
+
+Readers (the worker's answer threads) get text through a queue per sequence.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from inference.base import BackendError, Finished, SamplingOptions, StreamItem, TextChunk, Usage
+from inference.llama_text import TextDecoder
+
+logger = logging.getLogger("corral.llama_engine")
+
+# As llama-cpp-python's defaults for create_chat_completion: the penalty window, min_p and
+# typical_p are not Corral options, and must match for a batch of one to give the same text.
+PENALTY_LAST_N = 64
+MIN_P = 0.05
+TYPICAL_P = 1.0
+
+
+@dataclass
+class EngineConfig:
+    n_ctx_per_seq: int
+    n_seq_max: int
+    n_threads: int | None
+    n_gpu_layers: int
+    # Prompt tokens a joining answer may add to a step while others are generating: bounds
+    # how long their next token waits for it.
+    prefill_chunk: int = 128
+    n_batch: int = 512
+    # How long a reader rests after taking what was ready (its text is published at most
+    # every 50 ms anyway).
+    reader_interval_s: float = 0.03
+
+
+@dataclass(eq=False)
+class _Sequence:
+    prompt: list[int]
+    options: SamplingOptions
+    decoder: TextDecoder
+    out: queue.SimpleQueue[StreamItem | BaseException] = field(default_factory=queue.SimpleQueue)
+    closed: threading.Event = field(default_factory=threading.Event)
+    seq_id: int = -1
+    evaluated: int = 0  # prompt tokens in the KV cache
+    next_token: int | None = None  # sampled, not yet in the KV cache
+    completion: int = 0
+    sampler: Any = None
+
+    @property
+    def prefilling(self) -> bool:
+        return self.evaluated < len(self.prompt)
+
+
+def _joined(items: list[StreamItem | BaseException]) -> list[StreamItem | BaseException]:
+    """Consecutive text chunks as one."""
+    out: list[StreamItem | BaseException] = []
+    for item in items:
+        if isinstance(item, TextChunk) and out and isinstance(out[-1], TextChunk):
+            out[-1] = TextChunk(out[-1].text + item.text)
+        else:
+            out.append(item)
+    return out
+
+
+class BatchEngine:
+    """A loaded model and its batched context. Thread-safe: any thread may call
+    :meth:`generate`; one internal thread decodes."""
+
+    def __init__(self, path: str, config: EngineConfig) -> None:
+        import llama_cpp  # heavy: only where a model is really loaded
+        from llama_cpp import _internals, _logger
+
+        _logger.set_verbose(False)  # llama.cpp's own log: errors only, as Llama(verbose=False)
+
+        self._llama_cpp = llama_cpp
+        self._internals = _internals
+        self.config = config
+        self._lock = threading.Condition()
+        self._joining: list[_Sequence] = []
+        self._free_ids = list(range(config.n_seq_max))
+        self._active: list[_Sequence] = []
+        self._closing = False
+        self._piece = ctypes.create_string_buffer(256)
+        # The context is created in the thread that decodes with it: llama.cpp's CPU
+        # threads then work together (created in one thread and used from another, two
+        # threads decoded no faster than one, measured here).
+        loaded = threading.Event()
+        failure: list[BaseException] = []
+        self._thread = threading.Thread(
+            target=self._run, args=(path, loaded, failure), name="corral-llama-batch", daemon=True
+        )
+        self._thread.start()
+        loaded.wait()
+        if failure:
+            raise failure[0]
+
+    def _load(self, path: str) -> None:
+        llama_cpp, config = self._llama_cpp, self.config
+        model_params = llama_cpp.llama_model_default_params()
+        # As Llama() passes it: -1 means every layer.
+        model_params.n_gpu_layers = 0x7FFFFFFF if config.n_gpu_layers == -1 else config.n_gpu_layers
+        self.model = self._internals.LlamaModel(path_model=path, params=model_params, verbose=False)
+        ctx_params = llama_cpp.llama_context_default_params()
+        ctx_params.n_ctx = config.n_ctx_per_seq * config.n_seq_max
+        ctx_params.n_seq_max = config.n_seq_max
+        ctx_params.n_batch = config.n_batch
+        ctx_params.n_ubatch = config.n_batch
+        threads = config.n_threads or ctx_params.n_threads
+        ctx_params.n_threads = threads
+        ctx_params.n_threads_batch = threads
+        ctx_params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as Llama()
+        try:
+            self.context = self._internals.LlamaContext(
+                model=self.model, params=ctx_params, verbose=False
+            )
+        except ValueError:
+            self.model.close()
+            raise
+        self.n_ctx_per_seq = llama_cpp.llama_n_ctx_seq(self.context.ctx)
+        self.vocab = self.model.vocab
+        self.n_vocab = self.model.n_vocab()
+        self.metadata = self.model.metadata()
+        self._batch = llama_cpp.llama_batch_init(config.n_batch, 0, 1)
+
+    # -- the readers' side ------------------------------------------------------------
+
+    def tokenize(self, text: str, add_bos: bool = False, special: bool = False) -> list[int]:
+        return self.model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)  # type: ignore[no-any-return]
+
+    def token_text(self, token: int) -> str:
+        return self.model.token_get_text(token)  # type: ignore[no-any-return]
+
+    @property
+    def busy(self) -> int:
+        with self._lock:
+            return len(self._active) + len(self._joining)
+
+    def generate(
+        self,
+        prompt: list[int],
+        options: SamplingOptions,
+        stop: tuple[str, ...],
+        cancel: threading.Event | None = None,
+    ) -> Iterator[StreamItem]:
+        """Text chunks of one sequence, then Finished. Closing the iterator (or setting
+        ``cancel``) ends the sequence and frees its cells."""
+        if len(prompt) >= self.n_ctx_per_seq:
+            raise BackendError(
+                f"The prompt has {len(prompt)} tokens; this model's context holds "
+                f"{self.n_ctx_per_seq}."
+            )
+        sequence = _Sequence(prompt=prompt, options=options, decoder=TextDecoder(stop))
+        with self._lock:
+            if self._closing:
+                raise BackendError("The model is being unloaded.")
+            self._joining.append(sequence)
+            self._lock.notify_all()
+        try:
+            while True:
+                try:
+                    item = sequence.out.get(timeout=0.1)
+                except queue.Empty:
+                    if cancel is not None and cancel.is_set():
+                        return
+                    continue
+                # Whatever else is ready goes out with it, and the reader then rests a
+                # moment: a thread woken for every token competes for the cores with the
+                # decode loop (llama.cpp's threads spin between steps).
+                items = [item]
+                while True:
+                    try:
+                        items.append(sequence.out.get_nowait())
+                    except queue.Empty:
+                        break
+                for item in _joined(items):
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+                    if isinstance(item, Finished):
+                        return
+                time.sleep(self.config.reader_interval_s)
+        finally:
+            sequence.closed.set()
+            with self._lock:
+                self._lock.notify_all()
+
+    def close(self) -> None:
+        """Stop the loop (the running sequences are told) and free the model."""
+        with self._lock:
+            self._closing = True
+            self._lock.notify_all()
+        self._thread.join(timeout=30)
+
+    # -- the decode loop -------------------------------------------------------------
+
+    def _run(self, path: str, loaded: threading.Event, failure: list[BaseException]) -> None:
+        try:
+            self._load(path)
+        except BaseException as exc:
+            failure.append(exc)
+            return
+        finally:
+            loaded.set()
+        try:
+            self._loop()
+        finally:
+            self._llama_cpp.llama_batch_free(self._batch)
+            self.context.close()
+            self.model.close()
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._closing and not self._active and not self._joining:
+                    self._lock.wait()
+                if self._closing:
+                    for sequence in self._active + self._joining:
+                        sequence.out.put(BackendError("The model was unloaded."))
+                    return
+                self._admit()
+            self._drop_closed()
+            if not self._active:
+                continue
+            try:
+                self._step()
+            except Exception as exc:  # a failed decode fails the answers it carried
+                logger.exception("batched decode failed")
+                for sequence in list(self._active):
+                    sequence.out.put(BackendError(f"llama.cpp failed: {exc}"))
+                    self._release(sequence)
+
+    def _admit(self) -> None:
+        # Called with the lock held: joining sequences take free sequence ids in order.
+        while self._joining and self._free_ids:
+            sequence = self._joining.pop(0)
+            if sequence.closed.is_set():
+                continue
+            sequence.seq_id = self._free_ids.pop(0)
+            sequence.sampler = self._sampler(sequence.options)
+            self._active.append(sequence)
+
+    def _drop_closed(self) -> None:
+        for sequence in list(self._active):
+            if sequence.closed.is_set():
+                self._release(sequence)
+
+    def _release(self, sequence: _Sequence) -> None:
+        self._llama_cpp.llama_memory_seq_rm(self.context.memory, sequence.seq_id, -1, -1)
+        if sequence.sampler is not None:
+            sequence.sampler.close()
+            sequence.sampler = None
+        with self._lock:
+            self._active.remove(sequence)
+            self._free_ids.append(sequence.seq_id)
+            self._free_ids.sort()
+            self._lock.notify_all()
+
+    def _sampler(self, options: SamplingOptions) -> Any:
+        # The chain llama-cpp-python's Llama._init_sampler builds, in its order.
+        sampler = self._internals.LlamaSampler()
+        sampler.add_penalties(
+            n_vocab=self.n_vocab,
+            penalty_last_n=PENALTY_LAST_N,
+            penalty_repeat=options.repeat_penalty,
+            penalty_freq=0.0,
+            penalty_present=0.0,
+        )
+        if options.temperature == 0:
+            sampler.add_greedy()
+        else:
+            sampler.add_top_k(options.top_k)
+            sampler.add_typical(TYPICAL_P, 1)
+            sampler.add_top_p(options.top_p, 1)
+            sampler.add_min_p(MIN_P, 1)
+            sampler.add_temp(options.temperature)
+            seed = options.seed if options.seed is not None else random.getrandbits(32)
+            sampler.add_dist(seed)
+        return sampler
+
+    def _step(self) -> None:
+        batch = self._batch
+        n = 0
+        sample_at: list[tuple[_Sequence, int]] = []
+
+        def add(token: int, pos: int, seq_id: int, logits: bool) -> None:
+            nonlocal n
+            batch.token[n] = token
+            batch.pos[n] = pos
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = seq_id
+            batch.logits[n] = logits
+            n += 1
+
+        generating = [s for s in self._active if not s.prefilling]
+        for sequence in generating:
+            assert sequence.next_token is not None
+            sample_at.append((sequence, n))
+            add(
+                sequence.next_token,
+                len(sequence.prompt) + sequence.completion - 1,
+                sequence.seq_id,
+                True,
+            )
+        # Alone, a prompt goes in as llama-cpp-python evaluates it (n_batch at a time);
+        # beside running streams, in bounded chunks so their next token is not held up.
+        budget = self.config.n_batch - n
+        chunk = self.config.prefill_chunk if generating else budget
+        for sequence in self._active:
+            if not sequence.prefilling or budget <= 0:
+                continue
+            take = min(len(sequence.prompt) - sequence.evaluated, budget, chunk)
+            for i in range(sequence.evaluated, sequence.evaluated + take):
+                last = i == len(sequence.prompt) - 1
+                if last:
+                    sample_at.append((sequence, n))
+                add(sequence.prompt[i], i, sequence.seq_id, last)
+            sequence.evaluated += take
+            budget -= take
+        batch.n_tokens = n
+        status = self._llama_cpp.llama_decode(self.context.ctx, batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode returned {status}")
+        for sequence, index in sample_at:
+            self._sample(sequence, index)
+
+    def _sample(self, sequence: _Sequence, index: int) -> None:
+        llama_cpp = self._llama_cpp
+        token = llama_cpp.llama_sampler_sample(sequence.sampler.sampler, self.context.ctx, index)
+        if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+            self._finish(sequence, "stop")
+            return
+        sequence.completion += 1
+        size = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece, 256, 0, False)
+        text = sequence.decoder.feed(self._piece.raw[: max(size, 0)])
+        if text:
+            sequence.out.put(TextChunk(text))
+        if sequence.decoder.stopped:
+            self._finish(sequence, "stop")
+        elif (
+            sequence.completion >= sequence.options.max_tokens
+            or len(sequence.prompt) + sequence.completion >= self.n_ctx_per_seq
+        ):
+            self._finish(sequence, "length")
+        else:
+            sequence.next_token = token
+
+    def _finish(self, sequence: _Sequence, reason: str) -> None:
+        rest = sequence.decoder.finish()
+        if rest:
+            sequence.out.put(TextChunk(rest))
+        sequence.out.put(
+            Finished(
+                reason=reason,
+                usage=Usage(
+                    prompt_tokens=len(sequence.prompt), completion_tokens=sequence.completion
+                ),
+            )
+        )
+        self._release(sequence)

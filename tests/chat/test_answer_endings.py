@@ -1,0 +1,145 @@
+"""How answers end when workers, reapers and Stop race each other: each ending says the
+true reason, touches only its own attempt, and nothing waits for the reaper needlessly."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from django.test import override_settings
+from django.utils import timezone
+
+from inference import BackendError
+from tests.chat.conftest import UNSERVED_POOL
+from tests.chat.test_jobs import limits, queued, running
+from webui import config
+from webui.chat import generation, jobs, services
+from webui.chat.models import Message
+from workers import stop_flags
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_dropped_attempt_leaves_the_next_attempts_stop_flag_alone(alice, gemma):
+    """Attempt 1 is reaped and re-run as attempt 2, whose person presses Stop; attempt 1's
+    late ending must not clear attempt 2's flag."""
+    queued(alice, gemma)
+    old = jobs.claim_next(UNSERVED_POOL, worker="old")
+    Message.objects.filter(pk=old.pk).update(
+        heartbeat_at=timezone.now() - timedelta(seconds=config.HEARTBEAT_STALE_S + 5)
+    )
+    assert jobs.reap_stale() == [old.pk]
+    new = jobs.claim_next(UNSERVED_POOL, worker="new")
+    assert new.attempts == 2
+    stop_flags.request_stop(new.pk, 2)
+    try:
+        generation._save_outcome(generation.AnswerStream(old), None, Message.Status.DONE, "")
+        assert stop_flags.stop_requested(new.pk, 2)
+    finally:
+        stop_flags.clear(new.pk, 2)
+    assert Message.objects.get(pk=new.pk).status == Message.Status.RUNNING
+
+
+def test_stop_is_not_lost_when_a_reaper_requeues_the_answer_meanwhile(alice, gemma, monkeypatch):
+    """Stop finds the answer running, but before it can flag the attempt a reaper puts it
+    back in the queue: Stop must still end it."""
+    _, _, answer = services.send_message(
+        user=alice, conversation_id=None, text="hi", model_id=gemma.pk
+    )
+    claimed = jobs.claim_next(UNSERVED_POOL, worker="dying")
+    real_end_queued = jobs.end_queued
+    calls = []
+
+    def end_queued_then_reaped(message, status, error):
+        calls.append(status)
+        ended = real_end_queued(message, status, error)
+        if len(calls) == 1:  # the reaper runs right after Stop's first look
+            Message.objects.filter(pk=claimed.pk).update(
+                heartbeat_at=timezone.now() - timedelta(seconds=config.HEARTBEAT_STALE_S + 5)
+            )
+            assert jobs.reap_stale() == [claimed.pk]
+        return ended
+
+    monkeypatch.setattr(jobs, "end_queued", end_queued_then_reaped)
+    services.stop_answer(user=alice, message_id=answer.pk)
+    answer.refresh_from_db()
+    assert answer.status == Message.Status.STOPPED
+    assert jobs.claim_next(UNSERVED_POOL, worker="next") is None  # nothing left to run
+
+
+class FailsWhenCancelled:
+    """A backend whose upstream read fails once its connection is cut, as an HTTP client
+    does when the stream it reads is closed under it."""
+
+    name = "fails-when-cancelled"
+
+    def stream(self, request, cancel=None):
+        assert cancel is not None and cancel.wait(timeout=10)
+        raise BackendError("Ollama error: the connection was closed")
+        yield  # a generator, like every backend
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_backend_failing_after_the_time_limit_says_time_limit(alice, gemma, monkeypatch):
+    """The time limit cancels a silent backend, whose read then fails: the answer says it
+    hit the time limit, not that the person stopped it."""
+    monkeypatch.setattr(config, "MAX_GENERATION_S", 0.5)
+    monkeypatch.setattr(generation, "get_backend", lambda name: FailsWhenCancelled())
+    _, _, answer = services.send_message(
+        user=alice, conversation_id=None, text="hi", model_id=gemma.pk
+    )
+    generation.run_next(UNSERVED_POOL, worker="test")
+    answer.refresh_from_db()
+    assert answer.status == Message.Status.STOPPED
+    assert answer.error == "Stopped at the time limit of 0.5 s."
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_heartbeat_that_finds_its_attempt_gone_cancels_it(alice, gemma, monkeypatch):
+    monkeypatch.setattr(config, "HEARTBEAT_INTERVAL_S", 0.05)
+    answer = running(queued(alice, gemma), heartbeat_age_s=0)
+    Message.objects.filter(pk=answer.pk).update(status=Message.Status.QUEUED)  # reaped
+    with jobs.Heartbeat(answer) as heartbeat:
+        assert heartbeat.cancelled.wait(timeout=3)
+        assert heartbeat.lost and not heartbeat.timed_out
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_hung_answer_stops_beating_after_its_time_limit_so_it_can_be_reaped(
+    alice, gemma, monkeypatch
+):
+    monkeypatch.setattr(config, "HEARTBEAT_INTERVAL_S", 0.05)
+    monkeypatch.setattr(config, "HEARTBEAT_STALE_S", 0.3)
+    monkeypatch.setattr(config, "MAX_GENERATION_S", 0.2)
+    answer = running(queued(alice, gemma), heartbeat_age_s=0)
+    with jobs.Heartbeat(answer) as heartbeat:
+        # The backend call never returns: the thread keeps the answer but stops beating.
+        assert heartbeat.cancelled.wait(timeout=3) and heartbeat.timed_out
+        deadline = time.monotonic() + 5
+        while heartbeat._thread.is_alive():
+            assert time.monotonic() < deadline, "the heartbeat went on past the time limit"
+            time.sleep(0.05)
+        time.sleep(0.4)
+        assert jobs.reap_stale() == [answer.pk]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_follow_up_in_another_pool_is_woken_when_the_answer_before_it_ends(
+    alice, gemma, cpu_model, monkeypatch
+):
+    """The person switched models mid-conversation: the follow-up waits in the cpu pool
+    for an answer written in the gpu pool, and that pool is woken the moment it ends,
+    not when a reaper next looks."""
+    with override_settings(CORRAL=limits(active=5)):
+        conversation, _, first = services.send_message(
+            user=alice, conversation_id=None, text="one", model_id=gemma.pk
+        )
+        _, _, follow_up = services.send_message(
+            user=alice, conversation_id=conversation.pk, text="two", model_id=cpu_model.pk
+        )
+    woken: list[str] = []
+    monkeypatch.setattr(jobs, "wake", woken.append)
+    assert generation.run_next(UNSERVED_POOL, worker="test").pk == first.pk
+    assert cpu_model.pool in woken
+    assert Message.objects.get(pk=follow_up.pk).status == Message.Status.QUEUED

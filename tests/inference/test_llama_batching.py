@@ -1,0 +1,127 @@
+"""Continuous batching in the llama.cpp backend, with the real default model.
+
+Several answers share one llama.cpp context; each keeps its own sampling options, stop
+strings and limits, and ends or leaves without disturbing the others.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from inference import (
+    ChatMessage,
+    Finished,
+    GenerationRequest,
+    ModelSpec,
+    SamplingOptions,
+    TextChunk,
+    get_backend,
+)
+
+SETTINGS = {"chat_format": "gemma", "n_ctx": 512, "batch_size": 4}
+QUESTION = ChatMessage("user", "Tell me about horses crossing a river.")
+
+
+def request(path: Path, text: ChatMessage = QUESTION, **options) -> GenerationRequest:
+    return GenerationRequest(
+        model=ModelSpec("llama_cpp", str(path), SETTINGS),
+        messages=(text,),
+        options=SamplingOptions(**{"max_tokens": 32, "temperature": 0.8, "seed": 7, **options}),
+    )
+
+
+def answer(stream) -> tuple[str, Finished]:
+    items = list(stream)
+    assert isinstance(items[-1], Finished)
+    return "".join(i.text for i in items if isinstance(i, TextChunk)), items[-1]
+
+
+def together(*requests: GenerationRequest) -> list[tuple[str, Finished]]:
+    """Run the requests at the same time, one thread each, as a worker does."""
+    backend = get_backend("llama_cpp")
+    results: list[tuple[str, Finished] | None] = [None] * len(requests)
+    started = threading.Barrier(len(requests))
+
+    def run(i: int) -> None:
+        started.wait()
+        results[i] = answer(backend.stream(requests[i]))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert all(r is not None for r in results)
+    return results  # type: ignore[return-value]
+
+
+def test_one_answer_alone_matches_raw_llama_cpp_python(gemma_path):
+    """The batched engine builds the prompt, sampler chain and text the way
+    llama-cpp-python's create_chat_completion does: the same seed gives the same text."""
+    from llama_cpp import Llama
+
+    llm = Llama(
+        model_path=str(gemma_path), n_ctx=512, n_threads=2, chat_format="gemma", verbose=False
+    )
+    raw = "".join(
+        chunk["choices"][0]["delta"].get("content") or ""
+        for chunk in llm.create_chat_completion(
+            messages=[{"role": "user", "content": QUESTION.content}],
+            stream=True,
+            temperature=0.8,
+            top_p=0.95,
+            top_k=40,
+            repeat_penalty=1.1,
+            max_tokens=32,
+            seed=7,
+        )
+    )
+    del llm
+    text, finished = answer(get_backend("llama_cpp").stream(request(gemma_path)))
+    assert text == raw and text
+    assert finished.usage.completion_tokens <= 32
+
+
+def test_answers_in_one_batch_keep_their_own_limits_and_stop_strings(gemma_path):
+    """Each answer of a batch ends by its own rules: token limits and stop strings are
+    never shared. (Texts are not compared with a lone run: a batch computes logits in other
+    float orders, so sampled words may differ.)"""
+    results = together(
+        request(gemma_path, max_tokens=48, stop=("e",)),
+        request(gemma_path, max_tokens=48, temperature=1.5, top_k=5, seed=99),
+        request(gemma_path, max_tokens=5, seed=1),
+        request(gemma_path, max_tokens=9, seed=2, temperature=0.0),
+    )
+    (stopped, stopped_end), (free, free_end), (five, five_end), (nine, nine_end) = results
+    assert "e" not in stopped and stopped_end.reason == "stop"
+    assert "e" in free + five + nine  # the stop string of the first is nobody else's
+    for end, limit in ((five_end, 5), (nine_end, 9), (free_end, 48)):
+        assert end.usage.completion_tokens == limit or end.reason == "stop"
+        assert end.usage.completion_tokens <= limit
+
+
+def test_closing_one_stream_frees_its_slot_for_the_next(gemma_path):
+    """With every slot taken, a closed stream lets a waiting one in at once."""
+    backend = get_backend("llama_cpp")
+    long = [backend.stream(request(gemma_path, max_tokens=400, seed=i)) for i in range(4)]
+    for stream in long:
+        assert isinstance(next(stream), TextChunk)  # all four are generating
+    engine = backend._engine
+    assert engine.busy == 4
+    long[0].close()
+    text, finished = answer(backend.stream(request(gemma_path, max_tokens=8)))
+    assert finished.usage.completion_tokens == 8
+    for stream in long[1:]:
+        stream.close()
+
+
+def test_a_long_prompt_joins_while_others_stream(gemma_path):
+    """A prompt longer than one prefill chunk is evaluated beside running answers; both
+    finish with their text."""
+    long_question = ChatMessage("user", "Summarise: " + "the herd crossed the river. " * 60)
+    results = together(
+        request(gemma_path, max_tokens=40), request(gemma_path, long_question, max_tokens=8)
+    )
+    assert results[1][1].usage.prompt_tokens > 300
+    assert results[0][0] and results[1][0]

@@ -1,0 +1,114 @@
+"""The worker's loop: one process runs several answers of its pool at once.
+
+Each claimed answer runs in its own thread (``generation.generate`` with its own heartbeat,
+stop flag and time limit), and the backend decides how the concurrent streams share the
+machine: llama.cpp batches them in one context, Ollama holds one HTTP stream each. While a
+slot is free the loop keeps claiming, in the pool's fair order, answers that can share the
+process with those running (the same loaded model, the same Ollama server). When the
+fairest waiting answer cannot, the loop claims nothing more until the batch drains, so it
+is not overtaken forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Hashable
+
+from django.db import connection
+
+from inference import BackendError, get_backend
+from webui.chat import generation, jobs, titles
+from webui.chat.models import Message
+
+logger = logging.getLogger("corral.serving")
+
+# How often a process with a free slot looks for a new answer to join its batch.
+CLAIM_POLL_S = 0.1
+
+
+def batch_of(answer: Message) -> tuple[Hashable, int] | None:
+    """Which batch ``answer`` can join and how big that batch may grow; None when its
+    model cannot be used at all (it then runs alone and fails with the reason)."""
+    if answer.model is None:
+        return None
+    spec = generation.model_spec(answer.model)
+    try:
+        backend = get_backend(spec.backend)
+        return backend.batch_key(spec), backend.max_concurrent(spec)
+    except BackendError:
+        return None
+
+
+class Slots:
+    """The answers this process runs now, all of one batch key."""
+
+    def __init__(self, pool: str) -> None:
+        self.pool = pool
+        self.key: Hashable | None = None
+        self.threads: dict[int, threading.Thread] = {}
+        self.freed = threading.Event()
+
+    def running(self) -> int:
+        for pk, thread in list(self.threads.items()):
+            if not thread.is_alive():
+                del self.threads[pk]
+        if not self.threads:
+            self.key = None
+        return len(self.threads)
+
+    def fits(self, answer: Message) -> bool:
+        batch = batch_of(answer)
+        if not self.threads:
+            return True
+        return batch is not None and batch[0] == self.key and len(self.threads) < batch[1]
+
+    def start(self, answer: Message) -> None:
+        batch = batch_of(answer)
+        if not self.threads:
+            # Unusable models run alone: they fail at once with the reason.
+            self.key = batch[0] if batch is not None else object()
+        thread = threading.Thread(
+            target=self._run, args=(answer,), name=f"corral-answer-{answer.pk}", daemon=True
+        )
+        self.threads[answer.pk] = thread
+        thread.start()
+
+    def _run(self, answer: Message) -> None:
+        try:
+            pool = self.pool
+            with jobs.Heartbeat(answer, first=lambda: jobs.publish_queue(pool)) as heartbeat:
+                answer = generation.generate(answer, heartbeat.cancelled, heartbeat)
+            jobs.wake_follow_ups(answer)
+            titles.request_title(answer)
+        except Exception:
+            logger.exception("answer %s: the worker thread failed", answer.pk)
+        finally:
+            connection.close()  # this thread's own database connection
+            self.freed.set()
+
+
+def serve(pool: str, worker: str) -> int:
+    """Claim and run ``pool``'s answers until none is running and none can be claimed;
+    return how many ran. Then write waiting titles, the low-priority work."""
+    slots = Slots(pool)
+    served = 0
+    while True:
+        running = slots.running()
+        answer = jobs.claim_next(pool, worker, fits=slots.fits)
+        if answer is not None:
+            slots.start(answer)
+            served += 1
+            continue
+        if not running:
+            break
+        slots.freed.wait(CLAIM_POLL_S)
+        slots.freed.clear()
+    if not served:
+        for _ in range(generation.TITLES_PER_WAKE):
+            if titles.run_next_title(pool) is None:
+                break
+    # Follow-ups whose earlier answer ran elsewhere, and titles: wake a worker for them.
+    if jobs.queue_of(pool) or titles.pending_in(pool):
+        jobs.wake(pool)
+    return served
