@@ -5,7 +5,13 @@ SQLite and an embedded redis-server on a unix socket. N clients across U users (
 conversation each) send one message with the default Gemma model at the same moment, then
 read the stream as the browser does (tests/e2e/helpers.py::ChatClient).
 
-    .venv/bin/python bench/load_bench.py --clients 32 --users 4 --tokens 48 [--json]
+    .venv/bin/python bench/load_bench.py --clients 32 --users 4 --tokens 48 [--raw] [--json]
+    .venv/bin/python bench/load_bench.py --rounds 1,8 --users 8 --tokens 128 [--json]
+
+``--rounds`` runs several loads one after the other on the same stack (e.g. one answer
+alone, then eight at once: the batching ratio). ``--raw`` first measures raw
+llama-cpp-python generating one answer alone (same model, prompt style, tokens and
+threads, in a process of its own before the stack starts): aggregate ÷ raw.
 
 Figures:
 - stream integrity: gaps (deltas that did not line up), duplicates (a delta whose seq the
@@ -67,6 +73,12 @@ TOPICS = (
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument(
+        "--rounds", default="", help="comma-separated client counts, run one after another"
+    )
+    parser.add_argument(
+        "--raw", action="store_true", help="measure raw llama-cpp-python alone first"
+    )
     parser.add_argument("--users", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=48, help="max_tokens of every answer")
     parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0: default)")
@@ -76,9 +88,44 @@ def parse_args() -> argparse.Namespace:
         "--keep", action="store_true", help="keep the private DATA_DIR (database, stack.log)"
     )
     args = parser.parse_args()
-    if args.clients < 1 or not 1 <= args.users <= args.clients:
-        parser.error("need 1 <= --users <= --clients")
+    args.round_sizes = [int(n) for n in args.rounds.split(",") if n] or [args.clients]
+    args.clients = max(args.round_sizes)
+    if min(args.round_sizes) < 1 or not args.users >= 1:
+        parser.error("need client counts >= 1 and --users >= 1")
     return args
+
+
+RAW_SCRIPT = """
+import sys, time
+from llama_cpp import Llama
+path, tokens, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+llm = Llama(model_path=path, n_ctx=4096, n_threads=threads, n_threads_batch=threads,
+            chat_format="gemma", verbose=False)
+rates = []
+for i in range(3):
+    messages = [{"role": "user", "content": f"In one or two sentences, tell me something "
+                 f"about rivers (question {i + 1})."}]
+    start = time.perf_counter()
+    n = 0
+    for chunk in llm.create_chat_completion(messages=messages, stream=True, max_tokens=tokens,
+                                            temperature=0.0, seed=1):
+        n += bool(chunk["choices"][0]["delta"].get("content"))
+    rates.append(n / (time.perf_counter() - start))
+print(sorted(rates)[1])
+"""
+
+
+def raw_tok_s(model_path: str, tokens: int, threads: int) -> float:
+    """Raw llama-cpp-python, one answer alone, median of three (chunks per second, prompt
+    evaluation included, as a client of Corral counts)."""
+    out = subprocess.run(
+        [sys.executable, "-c", RAW_SCRIPT, model_path, str(tokens), str(threads)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def log(text: str) -> None:
@@ -341,8 +388,8 @@ def main() -> None:
     processes.install_stop_handlers()  # `timeout` sends SIGTERM: clean up all the same
     redis = None
     supervisor = None
-    clients = []
-    subscriber = None
+    clients: list[Any] = []
+    raw = None
     ok = False
     stack_log = tmp / "stack.log"
     try:
@@ -350,9 +397,8 @@ def main() -> None:
         from django.contrib.auth import get_user_model
 
         from tests.conftest import free_port
-        from tests.e2e.helpers import ChatClient, login_cookie
+        from tests.e2e.helpers import login_cookie
         from webui import config
-        from webui.chat.models import Conversation, Message
         from webui.chat.services import prepare_default_model
 
         model = prepare_default_model()  # the default Gemma, as `make run` registers it
@@ -360,6 +406,9 @@ def main() -> None:
         if args.threads:
             model.settings = {**model.settings, "n_threads": args.threads}
         model.save(update_fields=["parameters", "settings"])
+        if args.raw:
+            log("raw llama-cpp-python, one answer alone…")
+            raw = raw_tok_s(model.target, args.tokens, args.threads or config.N_THREADS)
         users_model = get_user_model()
         users = [
             users_model.objects.create_user(f"user{chr(65 + i)}", password="bench-password-123")
@@ -381,67 +430,26 @@ def main() -> None:
         log(f"stack up on {base_url}; warming up (model load)…")
         warm_up(base_url, warm_user, login_cookie(warm_user), model.pk)
 
-        results = []
-        for i in range(args.clients):
-            user = users[i % args.users]
-            conversation = Conversation.objects.create(owner=user, model=model)
-            clients.append(
-                ChatClient.open(base_url, conversation.pk, user, cookie=cookies[user.pk])
+        rounds = []
+        for size in args.round_sizes:
+            users_now = users[: min(args.users, size)]
+            log(f"round: {size} clients of {len(users_now)} users")
+            rounds.append(
+                run_round(args, size, users_now, cookies, model, base_url, supervisor, clients)
             )
-            results.append(Result(i, user.username.removeprefix("user"), conversation.pk))
-        subscriber = Subscriber([r.conversation_id for r in results])
-        subscriber.start()
-        if not subscriber.ready.wait(30) or subscriber.error:
-            raise RuntimeError(f"channel-layer subscriber: {subscriber.error or 'not ready'}")
-
-        barrier = threading.Barrier(args.clients + 1, timeout=60)
-        deadline = time.perf_counter() + args.timeout
-        threads = [
-            threading.Thread(
-                target=run_client,
-                args=(
-                    client,
-                    result,
-                    f"In one or two sentences, tell me something about "
-                    f"{TOPICS[i % len(TOPICS)]} (question {i + 1}).",
-                    model.pk,
-                    barrier,
-                    deadline,
-                ),
-                name=f"client-{i}",
-                daemon=True,
-            )
-            for i, (client, result) in enumerate(zip(clients, results, strict=True))
-        ]
-        for thread in threads:
-            thread.start()
-        log(f"{args.clients} clients of {args.users} users sending now…")
-        barrier.wait()
-        started = time.perf_counter()
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.perf_counter()) + 10)
-        time.sleep(0.2)  # the subscriber saw each delta before the client: nothing pending
-        subscriber.stopping.set()
-        subscriber.join(10)
-        if (exited := supervisor.first_exit()) is not None:
-            raise RuntimeError(f"{exited.name} exited with {exited.process.returncode}")
-
-        answers = {
-            m.conversation_id: m
-            for m in Message.objects.filter(
-                conversation_id__in=[r.conversation_id for r in results], role="assistant"
-            ).select_related("conversation__owner")
-        }
-        rows = [
-            {
-                "user": m.conversation.owner.username.removeprefix("user"),
-                "created_at": m.created_at,
-                "started_at": m.started_at,
-            }
-            for m in answers.values()
-        ]
-        figures = summarize(args, results, answers, rows, subscriber, started)
-        figures["n_threads"] = args.threads or config.N_THREADS
+        figures = rounds[-1] if len(rounds) == 1 else {"rounds": rounds}
+        if len(rounds) > 1 and rounds[0]["aggregate_tok_s"]:
+            figures["ratio_to_first_round"] = [
+                rounded((r["aggregate_tok_s"] or 0) / rounds[0]["aggregate_tok_s"], 2)
+                for r in rounds
+            ]
+        if raw is not None:
+            figures["raw_tok_s"] = round(raw, 2)
+            for r in rounds:
+                r["ratio_to_raw"] = rounded((r["aggregate_tok_s"] or 0) / raw, 2)
+        for r in rounds:
+            r["n_threads"] = args.threads or config.N_THREADS
+            r["batch_size"] = config.BATCH_SIZE
         ok = True
     except KeyboardInterrupt:
         log("interrupted")
@@ -450,9 +458,6 @@ def main() -> None:
         for client in clients:
             with contextlib.suppress(Exception):
                 client.close()
-        if subscriber is not None:
-            subscriber.stopping.set()
-            subscriber.join(5)
         if supervisor is not None:
             supervisor.stop()
         if redis is not None:
@@ -470,7 +475,81 @@ def main() -> None:
     report(figures, args.json)
 
 
-def summarize(args, results, answers, rows, subscriber, started: float) -> dict[str, Any]:
+def run_round(
+    args, size: int, users, cookies, model, base_url: str, supervisor, clients: list[Any]
+) -> dict[str, Any]:
+    """``size`` clients send at once and read their answers to the end; the figures."""
+    from tests.e2e.helpers import ChatClient
+    from webui.chat.models import Conversation, Message
+
+    results = []
+    for i in range(size):
+        user = users[i % len(users)]
+        conversation = Conversation.objects.create(owner=user, model=model)
+        clients.append(ChatClient.open(base_url, conversation.pk, user, cookie=cookies[user.pk]))
+        results.append(Result(i, user.username.removeprefix("user"), conversation.pk))
+    subscriber = Subscriber([r.conversation_id for r in results])
+    subscriber.start()
+    if not subscriber.ready.wait(30) or subscriber.error:
+        raise RuntimeError(f"channel-layer subscriber: {subscriber.error or 'not ready'}")
+
+    barrier = threading.Barrier(size + 1, timeout=60)
+    deadline = time.perf_counter() + args.timeout
+    threads = [
+        threading.Thread(
+            target=run_client,
+            args=(
+                client,
+                result,
+                f"In one or two sentences, tell me something about "
+                f"{TOPICS[i % len(TOPICS)]} (question {i + 1}).",
+                model.pk,
+                barrier,
+                deadline,
+            ),
+            name=f"client-{i}",
+            daemon=True,
+        )
+        for i, (client, result) in enumerate(zip(clients, results, strict=True))
+    ]
+    for thread in threads:
+        thread.start()
+    log(f"{size} clients of {len(users)} users sending now…")
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.perf_counter()) + 10)
+    time.sleep(0.2)  # the subscriber saw each delta before the client: nothing pending
+    subscriber.stopping.set()
+    subscriber.join(10)
+    if (exited := supervisor.first_exit()) is not None:
+        raise RuntimeError(f"{exited.name} exited with {exited.process.returncode}")
+
+    answers = {
+        m.conversation_id: m
+        for m in Message.objects.filter(
+            conversation_id__in=[r.conversation_id for r in results], role="assistant"
+        ).select_related("conversation__owner")
+    }
+    rows = [
+        {
+            "user": m.conversation.owner.username.removeprefix("user"),
+            "created_at": m.created_at,
+            "started_at": m.started_at,
+        }
+        for m in answers.values()
+    ]
+    figures = summarize(args, results, answers, rows, subscriber, started, size, len(users))
+    for client in clients:
+        with contextlib.suppress(Exception):
+            client.close()
+    clients.clear()
+    return figures
+
+
+def summarize(
+    args, results, answers, rows, subscriber, started: float, size: int, n_users: int
+) -> dict[str, Any]:
     lags, steady, missing, worst, worst_at = [], [], 0, 0.0, None
     admitted = max((r.admitted_at for r in results if r.admitted_at), default=started)
     for result in results:
@@ -502,8 +581,8 @@ def summarize(args, results, answers, rows, subscriber, started: float) -> dict[
     ttfts = [(r.first_delta_at - r.sent_at) * 1000 for r in results if r.first_delta_at]
     worker_rates = [a.tokens_per_second for a in answers.values() if a.tokens_per_second]
     return {
-        "clients": args.clients,
-        "users": args.users,
+        "clients": size,
+        "users": n_users,
         "max_tokens": args.tokens,
         "answers_done": sum(1 for a in answers.values() if a.status == "done"),
         "wall_s": rounded(wall, 2),
@@ -560,10 +639,30 @@ def report(figures: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(figures))
         return
-    f = figures
+    for f in figures.get("rounds", [figures]):
+        report_round(f)
+        if "ratio_to_raw" in f:
+            print(
+                f"aggregate / raw llama-cpp-python alone ({figures['raw_tok_s']} tok/s): "
+                f"{f['ratio_to_raw']}x"
+            )
+        print()
+    if "ratio_to_first_round" in figures:
+        sizes = [r["clients"] for r in figures["rounds"]]
+        print(f"aggregate tok/s over the {sizes[0]}-client round: ", end="")
+        print(
+            ", ".join(
+                f"{n} clients {x}x"
+                for n, x in zip(sizes, figures["ratio_to_first_round"], strict=True)
+            )
+        )
+
+
+def report_round(f: dict[str, Any]) -> None:
     print(
         f"{f['clients']} clients, {f['users']} users, max_tokens={f['max_tokens']}, "
-        f"1 cpu worker (concurrency 1, n_threads={f['n_threads']}), 1 uvicorn"
+        f"1 cpu worker (one process, batch size {f['batch_size']}, "
+        f"n_threads={f['n_threads']}), 1 uvicorn"
     )
     print(
         f"answers done: {f['answers_done']}/{f['clients']}  wall: {f['wall_s']} s  "

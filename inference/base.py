@@ -50,6 +50,12 @@ class GenerationRequest:
     model: ModelSpec
     messages: tuple[ChatMessage, ...]
     options: SamplingOptions = field(default_factory=SamplingOptions)
+    # The start of the answer, already written by a lost worker: a backend that
+    # ``continues_partial`` generates what follows it (the chunks exclude it).
+    continue_from: str = ""
+    # Low-priority work (titles): a backend may give it smaller slices of the machine so
+    # that an answer arriving meanwhile is not held up behind it.
+    background: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,9 @@ class BackendError(Exception):
 
 class Backend(Protocol):
     name: str
+    # Whether ``stream`` honours ``GenerationRequest.continue_from``; other backends'
+    # answers are written anew after a worker loss.
+    continues_partial: bool
 
     def batch_key(self, model: ModelSpec) -> Hashable:
         """Answers whose models have equal keys may run at the same time in one process

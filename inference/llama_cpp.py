@@ -52,6 +52,7 @@ class LlamaCppBackend:
     """Keeps the last loaded model per process: loading a GGUF costs seconds."""
 
     name = "llama_cpp"
+    continues_partial = True
 
     def __init__(self) -> None:
         self._lock = threading.Condition()
@@ -128,12 +129,23 @@ class LlamaCppBackend:
         formatter, format_name = self._formatter, self._format_name
         assert formatter is not None
         options = request.options
-        messages = fit_context(engine, request.messages, options.max_tokens)
+        # A continued answer: its written part goes after the model's turn marker, as if
+        # this context had generated it, and counts against its token limit.
+        written = len(engine.tokenize(request.continue_from)) if request.continue_from else 0
+        if written:
+            options = options.model_copy(
+                update={"max_tokens": max(1, options.max_tokens - written)}
+            )
+        messages = fit_context(engine, request.messages, options.max_tokens + written)
         if format_name in SYSTEM_IN_FIRST_TURN:
             messages = fold_system_prompt(messages)
         prompt = format_prompt(formatter, messages)
-        tokens = engine.tokenize(prompt.text, add_bos=prompt.add_bos, special=True)
-        yield from engine.generate(tokens, options, (*options.stop, *prompt.stop), cancel)
+        tokens = engine.tokenize(
+            prompt.text + request.continue_from, add_bos=prompt.add_bos, special=True
+        )
+        yield from engine.generate(
+            tokens, options, (*options.stop, *prompt.stop), cancel, background=request.background
+        )
 
 
 # llama-cpp-python's formats for these drop system messages silently; Gemma's own

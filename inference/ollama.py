@@ -51,6 +51,7 @@ class OllamaBackend:
     """Talks to an Ollama server; keeps no state, so one instance serves every request."""
 
     name = "ollama"
+    continues_partial = False  # Ollama's chat API cannot be told to go on from a prefix
 
     def batch_key(self, model: ModelSpec) -> Hashable:
         """Answers for the same server share a worker process: each is one HTTP stream."""

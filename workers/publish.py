@@ -181,6 +181,26 @@ def reset_replay(message_id: int, attempt: int) -> None:
         logger.warning("could not reset the replay buffer of %s", message_id, exc_info=True)
 
 
+def delivered_after(message_id: int, attempt: int, seq: int, offset: int) -> tuple[str, int]:
+    """The text an attempt streamed after its checkpoint (``seq``, ``offset`` characters),
+    as far as its replay buffer holds it without a hole, and the seq it reaches. Clients
+    may have shown it: a continued answer goes on from there, not from the checkpoint."""
+    try:
+        raw = _sync_redis().lrange(replay_key(message_id, attempt), 0, -1)
+    except redis.RedisError:
+        logger.warning("could not read the replay buffer of %s", message_id, exc_info=True)
+        return "", seq
+    text = ""
+    for entry in sorted((json.loads(item) for item in raw), key=lambda e: e["seq"]):
+        if entry["seq"] <= seq:
+            continue
+        if entry["seq"] != seq + 1 or entry["offset"] != offset + len(text):
+            break
+        text += entry["text"]
+        seq = entry["seq"]
+    return text, seq
+
+
 def flush(timeout: float = 5.0) -> bool:
     return _sender.flush(timeout)
 

@@ -41,21 +41,28 @@ def batch_of(answer: Message) -> tuple[Hashable, int] | None:
 
 
 class Slots:
-    """The answers this process runs now, all of one batch key."""
+    """The answers this process runs now, all of one batch key, and at most one title."""
 
     def __init__(self, pool: str) -> None:
         self.pool = pool
         self.key: Hashable | None = None
+        self.limit = 1
         self.threads: dict[int, threading.Thread] = {}
         self.freed = threading.Event()
+        self.title: threading.Thread | None = None
+        self.title_found = True
+        self.give_way = threading.Event()
 
     def running(self) -> int:
         for pk, thread in list(self.threads.items()):
             if not thread.is_alive():
                 del self.threads[pk]
         if not self.threads:
-            self.key = None
+            self.key, self.limit = None, 1
         return len(self.threads)
+
+    def has_room(self) -> bool:
+        return not self.threads or len(self.threads) < self.limit
 
     def fits(self, answer: Message) -> bool:
         batch = batch_of(answer)
@@ -67,7 +74,7 @@ class Slots:
         batch = batch_of(answer)
         if not self.threads:
             # Unusable models run alone: they fail at once with the reason.
-            self.key = batch[0] if batch is not None else object()
+            self.key, self.limit = batch if batch is not None else (object(), 1)
         thread = threading.Thread(
             target=self._run, args=(answer,), name=f"corral-answer-{answer.pk}", daemon=True
         )
@@ -87,27 +94,49 @@ class Slots:
             connection.close()  # this thread's own database connection
             self.freed.set()
 
+    def title_running(self) -> bool:
+        return self.title is not None and self.title.is_alive()
+
+    def start_title(self) -> None:
+        """Write one waiting title beside the claim loop; an answer arriving stops it."""
+        self.give_way.clear()
+        self.title = threading.Thread(target=self._run_title, name="corral-title", daemon=True)
+        self.title.start()
+
+    def _run_title(self) -> None:
+        try:
+            self.title_found = titles.run_next_title(self.pool, self.give_way) is not None
+        except Exception:
+            logger.exception("a title in pool %s failed", self.pool)
+            self.title_found = False
+        finally:
+            connection.close()
+            self.freed.set()
+
 
 def serve(pool: str, worker: str) -> int:
-    """Claim and run ``pool``'s answers until none is running and none can be claimed;
-    return how many ran. Then write waiting titles, the low-priority work."""
+    """Claim and run ``pool``'s answers until none is running and none can be claimed,
+    writing waiting titles (the low-priority work) when no answer runs; return how many
+    answers ran."""
     slots = Slots(pool)
     served = 0
+    titles_left = generation.TITLES_PER_WAKE
     while True:
         running = slots.running()
-        answer = jobs.claim_next(pool, worker, fits=slots.fits)
-        if answer is not None:
-            slots.start(answer)
-            served += 1
-            continue
-        if not running:
-            break
+        if slots.has_room() and jobs.anything_queued(pool):
+            answer = jobs.claim_next(pool, worker, fits=slots.fits)
+            if answer is not None:
+                slots.give_way.set()  # a title being written stops for it
+                slots.start(answer)
+                served += 1
+                continue
+        if not running and not slots.title_running():
+            if not titles_left or not slots.title_found:
+                break
+            titles_left -= 1
+            slots.start_title()
         slots.freed.wait(CLAIM_POLL_S)
         slots.freed.clear()
-    if not served:
-        for _ in range(generation.TITLES_PER_WAKE):
-            if titles.run_next_title(pool) is None:
-                break
     # Follow-ups whose earlier answer ran elsewhere, and titles: wake a worker for them.
     if jobs.queue_of(pool) or titles.pending_in(pool):
         jobs.wake(pool)

@@ -110,7 +110,7 @@
       text = `Queued: #${m.queue.position} in the ${m.queue.pool} queue`;
       if (m.queue.eta_s != null) text += `, about ${m.queue.eta_s} s`;
     }
-    if (m.attempt > 1) text = `${text} (retried after a worker was lost)`.trim();
+    if (m.attempt > 1) text = `${text} (carried on by another worker after one was lost)`.trim();
     return text;
   }
 

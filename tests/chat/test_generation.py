@@ -75,6 +75,29 @@ def test_answer_streams_deltas_in_order_and_saves_text_and_figures(alice, gemma)
     assert states[0] == "running" and states[-1] == "done"
 
 
+def test_an_answer_kept_by_the_reaper_continues_where_it_stopped(alice, gemma):
+    """A llama.cpp answer re-queued after a worker loss keeps its text; the next attempt
+    goes on from it: its deltas continue the seq and offset, and the saved text starts with
+    what was already there."""
+    _, _, answer = services.send_message(
+        user=alice, conversation_id=None, text="Tell me a story.", model_id=gemma.pk
+    )
+    partial = "Once upon a time, in a valley by a river,"
+    Message.objects.filter(pk=answer.pk).update(content=partial, seq=4, attempts=1)
+    events = collect_group_events(
+        answer.conversation_id, lambda: run_next(UNSERVED_POOL, worker="test")
+    )
+    answer.refresh_from_db()
+    assert answer.status == Message.Status.DONE, answer.error
+    assert answer.attempts == 2
+    assert answer.content.startswith(partial) and len(answer.content) > len(partial)
+    deltas = [e for e in events if e["type"] == "message.delta"]
+    assert deltas and all(d["attempt"] == 2 for d in deltas)
+    assert [d["seq"] for d in deltas] == list(range(5, 5 + len(deltas)))
+    assert deltas[0]["offset"] == len(partial)
+    assert partial + "".join(d["text"] for d in deltas) == answer.content
+
+
 def test_stop_flag_halts_generation_and_keeps_partial_text(alice, gemma):
     gemma.parameters = {**gemma.parameters, "max_tokens": 400}
     gemma.save()

@@ -3,6 +3,7 @@ time and token limits, and the heartbeat thread. In-process, against the test da
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import timedelta
 from types import SimpleNamespace
@@ -17,7 +18,7 @@ from inference import Finished, TextChunk, Usage
 from tests.chat.conftest import UNSERVED_POOL
 from webui import config
 from webui.chat import generation, jobs, services
-from webui.chat.models import Conversation, Message
+from webui.chat.models import Conversation, LanguageModel, Message
 
 pytestmark = pytest.mark.django_db
 
@@ -286,18 +287,48 @@ def test_a_full_pool_refuses_with_a_message_naming_the_pool(alice, bob, carol, g
 # Reaper -------------------------------------------------------------------------------
 
 
-def test_a_stale_answer_is_requeued_with_its_partial_text_cleared(alice, gemma):
-    answer = running(queued(alice, gemma), heartbeat_age_s=config.HEARTBEAT_STALE_S + 5, attempts=1)
+def test_a_stale_ollama_answer_is_requeued_with_its_partial_text_cleared(alice):
+    model = LanguageModel.objects.create(
+        name="ollama/x", backend="ollama", target="x", pool=UNSERVED_POOL
+    )
+    answer = running(queued(alice, model), heartbeat_age_s=config.HEARTBEAT_STALE_S + 5, attempts=1)
     assert config.MAX_ATTEMPTS > 1
 
     assert jobs.reap_stale() == [answer.pk]
 
     row = Message.objects.get(pk=answer.pk)
     assert row.status == Message.Status.QUEUED
-    assert row.content == "" and row.seq == 0  # the next attempt writes the text anew
+    assert row.content == "" and row.seq == 0  # Ollama cannot continue: written anew
     assert row.worker == "" and row.error == "" and row.heartbeat_at is None
     assert row.attempts == 1
     assert row.version == 6
+
+
+def test_a_stale_llama_answer_keeps_all_it_delivered_for_the_next_attempt(alice, gemma):
+    """The checkpoint (seq 3) plus the deltas streamed after it, as far as they join up:
+    the next attempt continues from exactly what clients were shown."""
+    from workers import publish
+
+    answer = running(queued(alice, gemma), heartbeat_age_s=config.HEARTBEAT_STALE_S + 5, attempts=1)
+    checkpoint = answer.content
+    client = publish._sync_redis()
+    key = publish.replay_key(answer.pk, 1)
+    client.delete(key)
+    for seq, offset, text in (
+        (3, 0, "old"),
+        (4, len(checkpoint), " and"),
+        (5, len(checkpoint) + 4, " more"),
+        (7, 99, " lost"),
+    ):
+        client.rpush(key, json.dumps({"seq": seq, "offset": offset, "text": text}))
+    try:
+        assert jobs.reap_stale() == [answer.pk]
+    finally:
+        client.delete(key)
+    row = Message.objects.get(pk=answer.pk)
+    assert row.status == Message.Status.QUEUED and row.attempts == 1
+    assert row.content == checkpoint + " and more" and row.seq == 5
+    assert generation.build_request(row).continue_from == row.content
     assert row.finished_at is None
     assert [m.pk for m in jobs.queue_of(UNSERVED_POOL)] == [answer.pk]
 
@@ -410,9 +441,11 @@ def test_a_late_checkpoint_of_a_reaped_attempt_raises_and_overwrites_nothing(ali
     with pytest.raises(generation.LostOwnership):
         old.checkpoint()
     row = Message.objects.get(pk=answer.pk)
-    assert row.status == Message.Status.QUEUED and row.content == "" and row.seq == 0
+    # The checkpoint stays for the next attempt to continue; the late text does not.
+    assert row.status == Message.Status.QUEUED and row.content == "old attempt text"
+    assert row.seq == 1
 
-    # The next attempt writes the answer anew; the old one still cannot touch it.
+    # The next attempt writes on; the old one still cannot touch it.
     again = jobs.claim_next(UNSERVED_POOL, worker="new-worker")
     assert again.pk == answer.pk and again.attempts == 2
     new = generation.AnswerStream(again)
@@ -457,7 +490,7 @@ def test_an_attempt_reaped_mid_stream_is_dropped_quietly(alice, gemma, monkeypat
     answer, _ = _generate_reaped_mid_stream(gemma, alice, monkeypatch)
     row = Message.objects.get(pk=answer.pk)
     assert row.status == Message.Status.QUEUED
-    assert row.content == "" and row.seq == 0 and row.completion_tokens is None
+    assert row.content == "old " and row.seq == 1 and row.completion_tokens is None
 
 
 def test_an_attempt_reaped_before_its_last_flush_is_dropped_quietly(alice, gemma, monkeypatch):
@@ -465,7 +498,7 @@ def test_an_attempt_reaped_before_its_last_flush_is_dropped_quietly(alice, gemma
     answer, _ = _generate_reaped_mid_stream(gemma, alice, monkeypatch)
     row = Message.objects.get(pk=answer.pk)
     assert row.status == Message.Status.QUEUED
-    assert row.content == "" and row.seq == 0
+    assert row.content == "old " and row.seq == 1  # the checkpoint, kept to continue from
 
 
 # Limits in generation -----------------------------------------------------------------

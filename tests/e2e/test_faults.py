@@ -147,6 +147,45 @@ def test_killed_main_process_alone_leaves_one_finished_answer(
         assert saved.status == Message.Status.DONE, saved.error
 
 
+def test_a_killed_worker_with_a_full_batch_has_every_answer_continued_elsewhere(
+    alice, long_gemma, gpu_workers, web_server, settings
+):
+    """kill -9 of a worker generating eight answers at once: each continues on a live
+    worker from all its clients had been shown, with no gap or duplicate, and ends done."""
+    settings.CORRAL = {**settings.CORRAL, "MAX_ACTIVE_PER_USER": 10}
+    batch = 8
+    first = gpu_workers("batch-doomed")
+    sent = []
+    for i in range(batch):
+        conversation, _, answer = services.send_message(
+            user=alice,
+            conversation_id=None,
+            text=f"Tell a long story about river number {i}.",
+            model_id=long_gemma.pk,
+        )
+        client = ChatClient.open(web_server.url, conversation.pk, alice, resilient=True)
+        sent.append((answer, client))
+    for answer, client in sent:
+        client.wait_until(lambda c, pk=answer.pk: len(c.messages[pk]["content"]) > 20)
+    workers = {row.worker for row in Message.objects.filter(pk__in=[a.pk for a, _ in sent])}
+    assert len(workers) == 1  # one process ran the whole batch
+    shown = {answer.pk: client.messages[answer.pk]["content"] for answer, client in sent}
+
+    os.killpg(first.process.pid, signal.SIGKILL)
+    first.process.wait()
+    gpu_workers("batch-survivor")
+    for _answer, client in sent:
+        client.wait_until(finished, timeout=120)
+        client.close()
+    for answer, client in sent:
+        saved = assert_one_clean_answer(client, answer)
+        assert saved.status == Message.Status.DONE, saved.error
+        assert saved.attempts == 2 and "batch-survivor" in saved.worker
+        assert saved.content.startswith(shown[answer.pk])
+        assert len(saved.content) > len(shown[answer.pk])
+        assert client.gaps == 0
+
+
 def test_fair_queue_serves_a_second_user_within_two_slots(alice, bob, gemma, gpu_workers, settings):
     settings.CORRAL = {**settings.CORRAL, "MAX_ACTIVE_PER_USER": 10}
     gemma.pool = POOL

@@ -79,7 +79,13 @@ def build_request(answer: Message) -> GenerationRequest:
         raise BackendError(f"The sampling parameters are invalid: {exc}") from exc
     if options.max_tokens > config.MAX_TOKENS_PER_ANSWER:
         options = options.model_copy(update={"max_tokens": config.MAX_TOKENS_PER_ANSWER})
-    return GenerationRequest(model=model_spec(answer.model), messages=history, options=options)
+    return GenerationRequest(
+        model=model_spec(answer.model),
+        messages=history,
+        options=options,
+        # Text kept by the reaper from a lost attempt (only for backends that continue).
+        continue_from=answer.content,
+    )
 
 
 @dataclass
@@ -102,7 +108,7 @@ class AnswerStream:
         self.text += chunk
         self.chunks += 1
         # The first token goes out at once (time to first token); later ones are batched.
-        return self.seq == 0 or time.monotonic() - self._last_flush >= config.FLUSH_INTERVAL_S
+        return self.chunks == 1 or time.monotonic() - self._last_flush >= config.FLUSH_INTERVAL_S
 
     def flush(self) -> None:
         if self.flushed_chars == len(self.text):
@@ -167,7 +173,10 @@ def generate(
     the heartbeat's time limit, which it then reports as ``timed_out``)."""
     cancelled = cancelled or threading.Event()
     publish_message(answer)
-    stream = AnswerStream(answer)
+    # A continued answer starts from its checkpoint: same text, seq counting on.
+    stream = AnswerStream(
+        answer, text=answer.content, seq=answer.seq, flushed_chars=len(answer.content)
+    )
     finished: Finished | None = None
     status, error = Message.Status.DONE, ""
     try:

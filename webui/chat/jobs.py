@@ -66,6 +66,13 @@ def fair_order(queued: list[Message], last_start: dict[int, datetime]) -> list[M
     return [message for _, message in sorted(keyed, key=lambda pair: pair[0])]
 
 
+def anything_queued(pool: str) -> bool:
+    """One cheap query: whether any answer waits in the pool (before ordering them)."""
+    return Message.objects.filter(
+        role=Message.Role.ASSISTANT, status=Message.Status.QUEUED, model__pool=pool
+    ).exists()
+
+
 def queue_of(pool: str) -> list[Message]:
     """The pool's queued answers in the order workers will take them."""
     queued = _queued_in(pool)
@@ -338,11 +345,9 @@ def reap_stale(now: datetime | None = None) -> list[int]:
                     version=F("version") + 1,
                 )
             elif answer.attempts < config.MAX_ATTEMPTS and answer.model is not None:
-                # The partial text is dropped: the next attempt writes the answer anew.
                 changed = same_attempt.update(
                     status=Message.Status.QUEUED,
-                    content="",
-                    seq=0,
+                    **_kept_for_next_attempt(answer),
                     worker="",
                     error="",
                     heartbeat_at=None,
@@ -377,6 +382,23 @@ def reap_stale(now: datetime | None = None) -> list[int]:
                 answer.status,
             )
     return reaped
+
+
+def _kept_for_next_attempt(answer: Message) -> dict[str, Any]:
+    """What a re-run starts from. A backend that continues partial answers goes on from
+    everything the lost attempt delivered (its checkpoint plus the streamed text after it);
+    others write the answer anew."""
+    from inference import BackendError, get_backend
+
+    assert answer.model is not None
+    try:
+        continues = get_backend(answer.model.backend).continues_partial
+    except BackendError:
+        continues = False
+    if not continues:
+        return {"content": "", "seq": 0}
+    more, seq = publish.delivered_after(answer.pk, answer.attempts, answer.seq, len(answer.content))
+    return {"content": answer.content + more, "seq": seq}
 
 
 def wake_forgotten_queues(now: datetime | None = None) -> list[str]:

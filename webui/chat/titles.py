@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from datetime import datetime, timedelta
 
@@ -81,6 +82,7 @@ def title_request(conversation: Conversation) -> GenerationRequest:
         model=model_spec(conversation.model),
         messages=(*excerpt, ChatMessage(role="user", content=INSTRUCTION)),
         options=OPTIONS,
+        background=True,
     )
 
 
@@ -94,14 +96,15 @@ def title_from_model_text(text: str) -> str:
     return line[:TITLE_CHARS].strip()
 
 
-def run_next_title(pool: str) -> Conversation | None:
+def run_next_title(pool: str, give_way: threading.Event | None = None) -> Conversation | None:
     """Write the title of one conversation waiting for it in ``pool``, unless an answer
-    waits; None when there was nothing to do."""
+    waits (or ``give_way`` is set: the worker claimed one); None when there was nothing
+    to do."""
     conversation = _claim(pool)
     if conversation is None:
         return None
     try:
-        title = _generate(conversation, pool)
+        title = _generate(conversation, pool, give_way or threading.Event())
     except BackendError as exc:
         logger.warning("title of conversation %s failed: %s", conversation.pk, exc)
         title = ""  # keep the provisional title; do not try again
@@ -125,15 +128,18 @@ def run_next_title(pool: str) -> Conversation | None:
     return conversation
 
 
-def _generate(conversation: Conversation, pool: str) -> str | None:
+def _generate(conversation: Conversation, pool: str, give_way: threading.Event) -> str | None:
     """The cleaned title, or None if an answer started waiting meanwhile."""
     request = title_request(conversation)
     assert conversation.model is not None
     text = ""
     next_check = time.monotonic() + ANSWER_WAITING_POLL_S
-    items = get_backend(conversation.model.backend).stream(request)
+    # ``give_way`` also reaches the backend: a long prompt evaluation stops for it too.
+    items = get_backend(conversation.model.backend).stream(request, give_way)
     try:
         for item in items:
+            if give_way.is_set():
+                return None
             if time.monotonic() >= next_check:
                 if _answer_waiting(pool):
                     return None
@@ -141,6 +147,8 @@ def _generate(conversation: Conversation, pool: str) -> str | None:
             text += getattr(item, "text", "")
     finally:
         items.close()
+    if give_way.is_set():  # the stream ended early because the worker took an answer
+        return None
     return title_from_model_text(text)
 
 
