@@ -17,7 +17,6 @@ import logging
 import queue
 import random
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -148,7 +147,8 @@ class BatchEngine:
         return self.model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)  # type: ignore[no-any-return]
 
     def token_text(self, token: int) -> str:
-        return self.model.token_get_text(token)  # type: ignore[no-any-return]
+        text: str = self.model.token_get_text(token)
+        return text
 
     @property
     def busy(self) -> int:
@@ -202,7 +202,9 @@ class BatchEngine:
                     yield item
                     if isinstance(item, Finished):
                         return
-                time.sleep(self.config.reader_interval_s)
+                # (An event's wait, not time.sleep: the same rest, and it also runs under
+                # libfaketime, which the clock-skew tests use.)
+                sequence.closed.wait(self.config.reader_interval_s)
         finally:
             sequence.closed.set()
             with self._lock:

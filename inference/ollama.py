@@ -6,8 +6,8 @@ import contextlib
 import json
 import socket
 import threading
-from collections.abc import Callable, Hashable, Iterator
-from typing import Any
+from collections.abc import Callable, Generator, Hashable, Iterator
+from typing import Any, cast
 
 import httpx
 import ollama
@@ -88,8 +88,12 @@ class OllamaBackend:
                 target=_close_when_cancelled, args=(cancel, finished, responses), daemon=True
             ).start()
         try:
-            parts = client.chat(
-                model=model, messages=messages, stream=True, options=options, **chat_kwargs
+            # stream=True returns a generator (the stubs say Iterator): it can be closed.
+            parts = cast(
+                Generator[ollama.ChatResponse, None, None],
+                client.chat(
+                    model=model, messages=messages, stream=True, options=options, **chat_kwargs
+                ),
             )
             try:
                 for part in parts:

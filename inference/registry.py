@@ -25,4 +25,5 @@ def get_backend(name: str) -> Backend:
     except KeyError:
         raise BackendError(f"unknown backend {name!r}") from None
     module = importlib.import_module(module_name)
-    return getattr(module, class_name)()
+    backend: Backend = getattr(module, class_name)()
+    return backend

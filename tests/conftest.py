@@ -106,14 +106,21 @@ class Worker:
     log: Path
 
 
-def start_worker(env: dict[str, str], log: Path, queues: str = "cpu", label: str = "") -> Worker:
+def start_worker(
+    env: dict[str, str],
+    log: Path,
+    queues: str = "cpu",
+    label: str = "",
+    prefix: tuple[str, ...] = (),
+) -> Worker:
+    """A real Celery worker; ``prefix`` runs it under another command (e.g. faketime)."""
     from celery import Celery
 
     from workers.celery_app import broker_url
 
     app = Celery(broker=broker_url(env["REDIS_URL"]))  # ping through the worker's own broker
     name = f"test-{label or queues}-{time.monotonic_ns()}@%h"
-    process = _start(processes.worker_argv(queues.split(","), 1, name), env, log)
+    process = _start([*prefix, *processes.worker_argv(queues.split(","), 1, name)], env, log)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -98,6 +98,8 @@ MAX_ATTEMPTS: int = env.int("CORRAL_MAX_ATTEMPTS", 2)
 HEARTBEAT_INTERVAL_S: float = env.float("CORRAL_HEARTBEAT_INTERVAL_S", 2)
 HEARTBEAT_STALE_S: float = env.float("CORRAL_HEARTBEAT_STALE_S", 12)
 REAP_INTERVAL_S: float = env.float("CORRAL_REAP_INTERVAL_S", 5)
+# Queue places go out per pool at most this often, however many changes happen.
+QUEUE_EVENT_INTERVAL_S: float = env.float("CORRAL_QUEUE_EVENT_INTERVAL_S", 0.5)
 
 WORKER_QUEUES: list[str] = env.list("CORRAL_WORKER_QUEUES", ["cpu"])
 WORKER_CONCURRENCY: int = env.int("CORRAL_WORKER_CONCURRENCY", 1)

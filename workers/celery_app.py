@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutdown
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webui.settings")
 
@@ -47,10 +48,29 @@ def start_reaper(**kwargs: object) -> None:
 
     It runs in the main process, which outlives a killed pool child; several reapers are
     safe (conditional updates)."""
-    import threading
-
     from webui.chat.jobs import run_reaper_forever
 
     threading.Thread(
         target=run_reaper_forever, args=(threading.Event(),), name="corral-reaper", daemon=True
     ).start()
+
+    from workers.presence import beat_forever, worker_id
+    from workers.queues import POOLS
+
+    consumed = app.amqp.queues.consume_from or app.amqp.queues
+    pools = [name for name in consumed if name in POOLS]
+    threading.Thread(
+        target=beat_forever,
+        args=(pools, worker_id(getattr(kwargs.get("sender"), "hostname", None)), _presence_stop),
+        name="corral-presence",
+        daemon=True,
+    ).start()
+
+
+_presence_stop = threading.Event()
+
+
+@worker_shutdown.connect
+def stop_presence(**kwargs: object) -> None:
+    """A worker shutting down cleanly stops counting as alive at once."""
+    _presence_stop.set()

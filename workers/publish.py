@@ -18,7 +18,7 @@ import os
 import threading
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 import redis
 import redis.asyncio as aioredis
@@ -45,6 +45,56 @@ def replay_key(message_id: int, attempt: int) -> str:
     return f"corral:deltas:{message_id}:{attempt}"
 
 
+class DeltaEvent(TypedDict):
+    type: Literal["message.delta"]
+    message: int
+    attempt: int
+    seq: int
+    offset: int
+    text: str
+
+
+class StateEvent(TypedDict):
+    """A message changed; ``message`` is ``selectors.message_payload``."""
+
+    type: Literal["message.state"]
+    message: dict[str, Any]
+
+
+class QueueEvent(TypedDict):
+    type: Literal["message.queue"]
+    message: int
+    pool: str
+    position: int
+    eta_s: int | None
+
+
+class ChangedEvent(TypedDict):
+    """The branch on screen changed: clients redraw from a snapshot."""
+
+    type: Literal["conversation.changed"]
+
+
+class TitleEvent(TypedDict):
+    type: Literal["conversation.title"]
+    conversation: int
+    title: str
+
+
+class RevokedEvent(TypedDict):
+    """Close the person's sockets (those of ``session``, or all but ``keep_session``)."""
+
+    type: Literal["account.revoked"]
+    reason: str
+    session: str | None
+    keep_session: str | None
+
+
+# What goes to a conversation's group, and to a person's group.
+ConversationEvent = StateEvent | QueueEvent | ChangedEvent
+UserEvent = TitleEvent | RevokedEvent
+
+
 @dataclass(frozen=True)
 class Delta:
     conversation_id: int
@@ -54,7 +104,7 @@ class Delta:
     offset: int
     text: str
 
-    def as_event(self) -> dict[str, Any]:
+    def as_event(self) -> DeltaEvent:
         return {
             "type": "message.delta",
             "message": self.message_id,
@@ -109,7 +159,9 @@ class _Sender:
                         {"seq": delta.seq, "offset": delta.offset, "text": delta.text}
                     )
                     async with redis_client.pipeline(transaction=False) as pipe:
-                        await pipe.rpush(key, entry).expire(key, REPLAY_TTL_S).execute()
+                        pipe.rpush(key, entry)
+                        pipe.expire(key, REPLAY_TTL_S)
+                        await pipe.execute()
                     await layer.group_send(group_name(delta.conversation_id), delta.as_event())
                 else:
                     group, event = payload
@@ -143,14 +195,14 @@ def publish_delta(delta: Delta) -> None:
     _sender.submit("delta", delta)
 
 
-def publish_event(conversation_id: int, event: dict[str, Any]) -> None:
+def publish_event(conversation_id: int, event: ConversationEvent) -> None:
     """Send ``event`` to the conversation's group once the current transaction commits."""
     transaction.on_commit(
         lambda: _sender.submit("event", (group_name(conversation_id), event)), robust=True
     )
 
 
-def publish_user_event(user_id: int, event: dict[str, Any]) -> None:
+def publish_user_event(user_id: int, event: UserEvent) -> None:
     """Send ``event`` to every socket of one person once the current transaction commits."""
     transaction.on_commit(
         lambda: _sender.submit("event", (user_group_name(user_id), event)), robust=True

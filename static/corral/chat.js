@@ -108,7 +108,8 @@
     let text = STATUS_TEXT[m.status] || "";
     if (m.status === "queued" && m.queue) {
       text = `Queued: #${m.queue.position} in the ${m.queue.pool} queue`;
-      if (m.queue.eta_s != null) text += `, about ${m.queue.eta_s} s`;
+      if (m.queue.worker === false) text += `, waiting for a ${m.queue.pool} worker`;
+      else if (m.queue.eta_s != null) text += `, about ${m.queue.eta_s} s`;
     }
     if (m.attempt > 1) text = `${text} (carried on by another worker after one was lost)`.trim();
     return text;

@@ -26,3 +26,13 @@ def cpu_model(db):
     return LanguageModel.objects.create(
         name="other-pool", backend="llama_cpp", target="/nonexistent.gguf", pool="cpu"
     )
+
+
+@pytest.fixture
+def gpu_worker_alive():
+    """Redis says a worker of the unserved pool is alive (none runs: nothing claims)."""
+    from webui.chat import wakeups
+
+    wakeups.note_worker_alive(UNSERVED_POOL, "test-presence", for_s=300)
+    yield
+    wakeups.forget_worker(UNSERVED_POOL, "test-presence")

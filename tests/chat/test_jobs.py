@@ -170,7 +170,9 @@ def test_positions_count_from_one_in_fair_order_without_eta_when_there_is_no_his
     assert jobs.queue_positions("cpu")[elsewhere.pk]["position"] == 1
 
 
-def test_eta_comes_from_the_pools_history_and_grows_with_position(alice, bob, gemma, cpu_model):
+def test_eta_comes_from_the_pools_history_and_grows_with_position(
+    alice, bob, gemma, cpu_model, gpu_worker_alive
+):
     now = timezone.now()
     # Gemma's pool: 100 tokens at 10 tokens/s, so about 10 s per answer.
     for tokens, rate in ((80, 8.0), (120, 12.0)):
@@ -655,3 +657,76 @@ def test_heartbeat_ends_a_silent_answer_at_the_time_limit(alice, gemma, monkeypa
     with jobs.Heartbeat(answer) as heartbeat:
         assert heartbeat.cancelled.wait(timeout=3)  # no token needed to notice
         assert heartbeat.timed_out
+
+
+@pytest.mark.django_db(transaction=True)
+def test_queue_places_are_coalesced_per_pool(alice, bob, gemma, monkeypatch):
+    """Thirty changes in a burst cost one round of places for the waiting answers now and
+    one at the end of the interval, not thirty rounds."""
+    import asyncio
+
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    from workers import publish
+
+    monkeypatch.setattr(config, "QUEUE_EVENT_INTERVAL_S", 0.5)
+    answers = [queued(alice if i % 2 else bob, gemma) for i in range(5)]
+    layer = get_channel_layer()
+
+    async def listen() -> list[dict]:
+        channel = await layer.new_channel()
+        for answer in answers:
+            await layer.group_add(publish.group_name(answer.conversation_id), channel)
+
+        def burst() -> None:
+            for _ in range(30):
+                jobs.publish_queue(UNSERVED_POOL)
+                time.sleep(0.01)
+            assert jobs._queue_notices.wait_idle(timeout=5)
+            publish.flush()
+
+        await asyncio.get_running_loop().run_in_executor(None, burst)
+        events = []
+        while True:
+            try:
+                events.append(await asyncio.wait_for(layer.receive(channel), 0.5))
+            except TimeoutError:
+                return events
+
+    events = [e for e in async_to_sync(listen)() if e["type"] == "message.queue"]
+    assert 5 <= len(events) <= 10  # one or two rounds of five
+    last = {e["message"]: e["position"] for e in events}
+    assert sorted(last.values()) == [1, 2, 3, 4, 5]
+    assert set(last) == {a.pk for a in answers}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_wake_ups_do_not_pile_up_in_a_pool_without_workers(alice, gemma):
+    """However often answers arrive or reapers look, one wake-up at most waits per pool."""
+    from webui.chat import wakeups
+
+    wakeups._redis().delete(UNSERVED_POOL)
+    with override_settings(CORRAL=limits(active=10)):
+        for _ in range(5):
+            services.send_message(user=alice, conversation_id=None, text="hi", model_id=gemma.pk)
+            Message.objects.update(created_at=timezone.now() - timedelta(minutes=5))
+            jobs.wake_forgotten_queues()
+    assert wakeups.pending_wakeups(UNSERVED_POOL) == 1
+
+
+def test_a_pool_without_a_live_worker_says_so_instead_of_an_eta(alice, gemma):
+    from webui.chat import wakeups
+
+    wakeups._redis().delete(f"corral:workers:{UNSERVED_POOL}")
+    answer = queued(alice, gemma)
+    assert jobs.queue_positions(UNSERVED_POOL)[answer.pk]["worker"] is False
+    assert [p["worker_alive"] for p in jobs.pool_overview() if p["pool"] == UNSERVED_POOL] == [
+        False
+    ]
+    wakeups.note_worker_alive(UNSERVED_POOL, "w1", for_s=30)
+    try:
+        assert jobs.queue_positions(UNSERVED_POOL)[answer.pk]["worker"] is True
+    finally:
+        wakeups.forget_worker(UNSERVED_POOL, "w1")
+    assert jobs.queue_positions(UNSERVED_POOL)[answer.pk]["worker"] is False

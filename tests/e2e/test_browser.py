@@ -238,11 +238,12 @@ def test_regenerate_and_edit_make_versions_the_page_moves_between(
 
 
 def test_a_limit_hit_says_which_and_keeps_the_text_in_the_box(page, alice, gemma, web_server):
-    from webui.chat import services
+    from webui.chat import services, wakeups
     from webui.chat.models import Message
 
     gemma.pool = "gpu"  # no worker consumes it here: answers stay queued
     gemma.save()
+    wakeups._redis().delete("corral:workers:gpu")  # and none is noted alive
     conversation, _, _ = services.send_message(
         user=alice, conversation_id=None, text="one", model_id=gemma.pk
     )
@@ -252,10 +253,9 @@ def test_a_limit_hit_says_which_and_keeps_the_text_in_the_box(page, alice, gemma
     sign_in(page, web_server.url)
     page.goto(f"{web_server.url}/c/{conversation.pk}/")
     page.wait_for_function("() => document.getElementById('chat').dataset.connected === 'true'")
-    # Both answers show where they wait.
-    assert (
-        "Queued: #1 in the gpu queue" in page.locator('[data-role="assistant"]').first.inner_text()
-    )
+    # Both answers show where they wait, and that no worker of the pool is running.
+    status = page.locator('[data-role="assistant"]').first.inner_text()
+    assert "Queued: #1 in the gpu queue, waiting for a gpu worker" in status
     page.get_by_label("Message").fill("a third question")
     page.get_by_role("button", name="Send").click()
     alert = page.get_by_role("alert")

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -184,6 +185,58 @@ def test_a_killed_worker_with_a_full_batch_has_every_answer_continued_elsewhere(
         assert saved.content.startswith(shown[answer.pk])
         assert len(saved.content) > len(shown[answer.pk])
         assert client.gaps == 0
+
+
+def test_a_worker_whose_clock_is_30_s_late_is_not_taken_for_lost(
+    alice, long_gemma, stack_env, gpu_workers, web_server, tmp_path
+):
+    """Heartbeats and the reaper use the database's clock: a worker whose clock is 30 s
+    behind writes fresh heartbeats, and a correct worker's reaper leaves its answer alone.
+    (The offset is injected into the worker's Django clock by tests/e2e/clock_skew.)"""
+    skew = Path(__file__).parent / "clock_skew"
+    late = start_worker(
+        {
+            **stack_env,
+            **FAST_REAPER,
+            "CORRAL_TEST_CLOCK_OFFSET_S": "-30",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(skew), stack_env.get("PYTHONPATH")])),
+        },
+        tmp_path / "late.log",
+        queues=POOL,
+        label="late-clock",
+    )
+    try:
+        answer, client = answer_under_way(
+            alice, long_gemma, "Tell a long story about a lighthouse.", web_server
+        )
+        assert "late-clock" in Message.objects.get(pk=answer.pk).worker
+        gpu_workers("on-time")  # its reaper runs every second with the true time
+        client.wait_until(finished, timeout=120)
+        client.close()
+    finally:
+        _stop(late.process)
+    saved = assert_one_clean_answer(client, answer)
+    assert saved.status == Message.Status.DONE, saved.error
+    assert saved.attempts == 1 and "late-clock" in saved.worker
+    assert saved.time_to_first_token_ms is not None and 0 <= saved.time_to_first_token_ms < 30_000
+
+
+def test_workers_note_themselves_alive_for_their_pool_and_stop_when_gone(gpu_workers):
+    from webui.chat import wakeups
+
+    wakeups._redis().delete(f"corral:workers:{POOL}")
+    assert wakeups.has_live_worker(POOL) is False
+    worker = gpu_workers("present")
+    deadline = time.monotonic() + 10
+    while not wakeups.has_live_worker(POOL):
+        assert time.monotonic() < deadline, "the worker never noted itself alive"
+        time.sleep(0.2)
+    os.killpg(worker.process.pid, signal.SIGKILL)  # no clean shutdown: it must expire
+    worker.process.wait()
+    deadline = time.monotonic() + 3 * float(FAST_REAPER["CORRAL_REAP_INTERVAL_S"]) + 5
+    while wakeups.has_live_worker(POOL):
+        assert time.monotonic() < deadline, "a killed worker still counts as alive"
+        time.sleep(0.2)
 
 
 def test_fair_queue_serves_a_second_user_within_two_slots(alice, bob, gemma, gpu_workers, settings):

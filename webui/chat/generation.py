@@ -10,11 +10,11 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from typing import Any
 
 from django.db import transaction
 from django.db.models import F
-from django.utils import timezone
+from django.db.models.functions import Now
 from pydantic import ValidationError
 
 from inference import (
@@ -97,14 +97,17 @@ class AnswerStream:
     chunks: int = 0
     seq: int = 0
     flushed_chars: int = 0
-    first_token_at: datetime | None = None
+    # Monotonic seconds on this worker: time to first token counts from the start of
+    # generation (queue wait is started_at - created_at), whatever the clocks say.
+    started: float = field(default_factory=time.monotonic)
+    first_token: float | None = None
     _last_flush: float = 0.0
     _last_checkpoint: float = field(default_factory=time.monotonic)
 
     def add(self, chunk: str) -> bool:
         """Append a chunk; return True when the caller should flush now."""
-        if self.first_token_at is None:
-            self.first_token_at = timezone.now()
+        if self.first_token is None:
+            self.first_token = time.monotonic()
         self.text += chunk
         self.chunks += 1
         # The first token goes out at once (time to first token); later ones are batched.
@@ -132,7 +135,7 @@ class AnswerStream:
     def checkpoint(self) -> None:
         # Text and seq move together: a reconnecting client adds the deltas after seq.
         saved = Message.objects.filter(jobs.still_ours(self.answer)).update(
-            content=self.text[: self.flushed_chars], seq=self.seq, heartbeat_at=timezone.now()
+            content=self.text[: self.flushed_chars], seq=self.seq, heartbeat_at=Now()
         )
         self._last_checkpoint = time.monotonic()
         if not saved:
@@ -231,13 +234,13 @@ def _save_outcome(
     stream: AnswerStream, finished: Finished | None, status: str, error: str
 ) -> Message:
     answer = stream.answer
-    now = timezone.now()
-    fields = {
+    ended = time.monotonic()
+    fields: dict[str, Any] = {
         "content": stream.text,
         "seq": stream.seq,
         "status": status,
         "error": error,
-        "finished_at": now,
+        "finished_at": Now(),
     }
     if status == Message.Status.DONE and finished and finished.reason == "length":
         fields["error"] = "Stopped at the maximum number of tokens."
@@ -246,11 +249,9 @@ def _save_outcome(
         fields["completion_tokens"] = finished.usage.completion_tokens
     elif stream.chunks:  # stopped or failed mid-stream: a chunk is about one token
         fields["completion_tokens"] = stream.chunks
-    if stream.first_token_at is not None:
-        fields["time_to_first_token_ms"] = int(
-            (stream.first_token_at - answer.created_at).total_seconds() * 1000
-        )
-        generating_s = (now - stream.first_token_at).total_seconds()
+    if stream.first_token is not None:
+        fields["time_to_first_token_ms"] = int((stream.first_token - stream.started) * 1000)
+        generating_s = ended - stream.first_token
         tokens = fields.get("completion_tokens") or 0
         if tokens > 1 and generating_s > 0:
             fields["tokens_per_second"] = round((tokens - 1) / generating_s, 2)

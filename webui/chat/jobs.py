@@ -10,6 +10,8 @@ Celery message can never lose an answer or make a second one.
 from __future__ import annotations
 
 import logging
+import math
+import os
 import threading
 import time
 from collections import defaultdict
@@ -18,11 +20,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import close_old_connections, connection, transaction
-from django.db.models import Avg, F, Max, Q
-from django.utils import timezone
+from django.db.models import Avg, DateTimeField, ExpressionWrapper, F, Max, Q
+from django.db.models.functions import Now
 
 from webui import config
-from webui.chat import answer_records
+from webui.chat import answer_records, wakeups
 from webui.chat.models import Message
 from workers import publish
 from workers.queues import queue_for_pool
@@ -108,13 +110,16 @@ def _places(pool: str) -> list[tuple[Message, dict[str, Any]]]:
         return []
     per_answer = expected_answer_seconds(pool)
     slots = max(1, Message.objects.filter(status=Message.Status.RUNNING, model__pool=pool).count())
+    # False only when Redis says no worker of the pool is alive: the page says so.
+    worker = wakeups.has_live_worker(pool) is not False
     return [
         (
             message,
             {
                 "pool": pool,
                 "position": index,
-                "eta_s": round(index * per_answer / slots) if per_answer else None,
+                "eta_s": round(index * per_answer / slots) if per_answer and worker else None,
+                "worker": worker,
             },
         )
         for index, message in enumerate(order, start=1)
@@ -127,11 +132,71 @@ def queue_positions(pool: str) -> dict[int, dict[str, Any]]:
 
 
 def publish_queue(pool: str) -> None:
-    """Tell every waiting answer of the pool its new place (after commit)."""
-    for message, place in _places(pool):
-        publish.publish_event(
-            message.conversation_id, {"type": "message.queue", "message": message.pk, **place}
-        )
+    """Tell every waiting answer of the pool its new place, soon: requests are coalesced
+    per pool, so however many changes come, the pool's answers hear at most once per
+    ``CORRAL_QUEUE_EVENT_INTERVAL_S`` (call it after commit)."""
+    _queue_notices.request(pool)
+
+
+class _QueueNotices:
+    """One thread per process sends queue places, a round per pool at most once per
+    interval: the first change at once, later ones together at the end of the interval."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._due: dict[str, float] = {}
+        self._last_round: dict[str, float] = {}
+        self._sending = False
+        self._pid: int | None = None
+
+    def request(self, pool: str) -> None:
+        with self._lock:
+            if self._pid != os.getpid():  # a forked pool child needs its own thread
+                self._pid, self._due, self._last_round = os.getpid(), {}, {}
+                threading.Thread(target=self._run, name="corral-queue-events", daemon=True).start()
+            if pool not in self._due:
+                since = self._last_round.get(pool, -math.inf)
+                self._due[pool] = max(time.monotonic(), since + config.QUEUE_EVENT_INTERVAL_S)
+                self._lock.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._due:
+                    self._lock.wait()
+                pool, due = min(self._due.items(), key=lambda item: item[1])
+                wait = due - time.monotonic()
+                if wait > 0:
+                    self._lock.wait(wait)
+                    continue
+                del self._due[pool]
+                self._last_round[pool] = time.monotonic()
+                self._sending = True
+            try:
+                for message, place in _places(pool):
+                    publish.publish_event(
+                        message.conversation_id,
+                        {"type": "message.queue", "message": message.pk, **place},  # type: ignore[typeddict-item]
+                    )
+            except Exception:
+                logger.warning("could not publish the %s queue", pool, exc_info=True)
+            finally:
+                connection.close()  # this thread's own connection
+                with self._lock:
+                    self._sending = False
+
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """Until every requested round was sent (tests)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._due and not self._sending:
+                    return True
+            time.sleep(0.02)
+        return False
+
+
+_queue_notices = _QueueNotices()
 
 
 def pool_overview() -> list[dict[str, Any]]:
@@ -151,6 +216,7 @@ def pool_overview() -> list[dict[str, Any]]:
                 "running": list(running),
                 "queued": [(message, place) for message, place in _places_with_owner(pool)],
                 "seconds_per_answer": expected_answer_seconds(pool),
+                "worker_alive": wakeups.has_live_worker(pool),
             }
         )
     return overview
@@ -168,17 +234,9 @@ def _places_with_owner(pool: str) -> list[tuple[Message, dict[str, Any]]]:
 
 
 def wake(pool: str) -> None:
-    """Ask one worker of the pool to run the next job (after commit)."""
-
-    def send() -> None:
-        from workers.celery_app import app  # the web process only needs it to send
-
-        try:
-            app.send_task("corral.run_next_answer", args=[pool], queue=queue_for_pool(pool))
-        except Exception:  # broker down: the answer stays queued; the reaper wakes it later
-            logger.warning("could not wake a %s worker", pool, exc_info=True)
-
-    transaction.on_commit(send)
+    """Ask one worker of the pool to look at the queue (after commit; at most one wake-up
+    waits per pool)."""
+    wakeups.wake(queue_for_pool(pool))
 
 
 def claim_next(
@@ -195,11 +253,12 @@ def claim_next(
             continue
         if fits is not None and not fits(candidate):
             return None
-        now = timezone.now()
         claimed = Message.objects.filter(pk=candidate.pk, status=Message.Status.QUEUED).update(
             status=Message.Status.RUNNING,
-            started_at=now,
-            heartbeat_at=now,
+            # The database's clock, as for every heartbeat and the reaper: a worker host
+            # whose clock is off changes nothing.
+            started_at=Now(),
+            heartbeat_at=Now(),
             worker=worker,
             attempts=F("attempts") + 1,
             version=F("version") + 1,
@@ -295,7 +354,7 @@ class Heartbeat:
                     return
                 try:  # one failed beat (a locked or restarting database) must not end them
                     beat = Message.objects.filter(still_ours(self.answer)).update(
-                        heartbeat_at=timezone.now()
+                        heartbeat_at=Now()
                     )
                     last_beat = time.monotonic()
                 except Exception:
@@ -311,28 +370,32 @@ class Heartbeat:
             connection.close()  # this thread's own connection
 
 
+def _before(now: datetime | Now, seconds: float) -> datetime | ExpressionWrapper:
+    """``seconds`` before ``now``, in SQL when ``now`` is the database's ``Now()``."""
+    if isinstance(now, datetime):
+        return now - timedelta(seconds=seconds)
+    return ExpressionWrapper(now - timedelta(seconds=seconds), output_field=DateTimeField())
+
+
 def reap_stale(now: datetime | None = None) -> list[int]:
     """Re-queue (once) or fail running answers whose worker stopped beating.
 
     Safe to run from several processes at once: each change is a conditional update on
     the attempt that went stale.
     """
-    now = now or timezone.now()
-    limit = now - timedelta(seconds=config.HEARTBEAT_STALE_S)
-    stale = (
-        Message.objects.filter(status=Message.Status.RUNNING)
-        .filter(Q(heartbeat_at__lt=limit) | Q(heartbeat_at__isnull=True, started_at__lt=limit))
-        .select_related("model")
-    )
+    # By the database's clock, which wrote the heartbeats (tests may pass their own).
+    now_: datetime | Now = now or Now()
+    limit = _before(now_, config.HEARTBEAT_STALE_S)
+    is_stale = Q(heartbeat_at__lt=limit) | Q(heartbeat_at__isnull=True, started_at__lt=limit)
+    stale = Message.objects.filter(is_stale, status=Message.Status.RUNNING).select_related("model")
     reaped = []
     for answer in stale:
         lost_worker = answer.worker
         with transaction.atomic():
+            # Still this attempt and still stale (a late beat saves it). Not an equality
+            # on heartbeat_at: SQLite keeps Now() and Python datetimes in two text forms.
             same_attempt = Message.objects.filter(
-                pk=answer.pk,
-                status=Message.Status.RUNNING,
-                attempts=answer.attempts,
-                heartbeat_at=answer.heartbeat_at,
+                is_stale, pk=answer.pk, status=Message.Status.RUNNING, attempts=answer.attempts
             )
             from workers import stop_flags
 
@@ -341,7 +404,7 @@ def reap_stale(now: datetime | None = None) -> list[int]:
                 changed = same_attempt.update(
                     status=Message.Status.STOPPED,
                     error="Stopped by the user.",
-                    finished_at=now,
+                    finished_at=now_,
                     version=F("version") + 1,
                 )
             elif answer.attempts < config.MAX_ATTEMPTS and answer.model is not None:
@@ -359,7 +422,7 @@ def reap_stale(now: datetime | None = None) -> list[int]:
                 changed = same_attempt.update(
                     status=Message.Status.FAILED,
                     error=WORKER_LOST,
-                    finished_at=now,
+                    finished_at=now_,
                     version=F("version") + 1,
                 )
             if changed:
@@ -404,8 +467,7 @@ def _kept_for_next_attempt(answer: Message) -> dict[str, Any]:
 def wake_forgotten_queues(now: datetime | None = None) -> list[str]:
     """Wake pools whose queued answers have waited with nothing running: their wake-up
     message was lost (Redis restarted without persistence, broker down at send time)."""
-    now = now or timezone.now()
-    limit = now - timedelta(seconds=config.HEARTBEAT_STALE_S)
+    limit = _before(now or Now(), config.HEARTBEAT_STALE_S)
     pools = set(
         Message.objects.filter(status=Message.Status.QUEUED, created_at__lt=limit)
         .exclude(model=None)
@@ -425,7 +487,7 @@ def end_queued(answer: Message, status: str, error: str) -> bool:
     from webui.chat.services import publish_message
 
     changed = Message.objects.filter(pk=answer.pk, status=Message.Status.QUEUED).update(
-        status=status, error=error, finished_at=timezone.now(), version=F("version") + 1
+        status=status, error=error, finished_at=Now(), version=F("version") + 1
     )
     if changed:
         answer.refresh_from_db()

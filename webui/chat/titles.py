@@ -13,7 +13,7 @@ import threading
 import time
 from datetime import datetime, timedelta
 
-from django.utils import timezone
+from django.db.models.functions import Now
 
 from inference import BackendError, ChatMessage, GenerationRequest, SamplingOptions, get_backend
 from webui import config
@@ -63,7 +63,7 @@ def _claim(pool: str) -> Conversation | None:
     ).order_by("updated_at")[:5]:
         claimed = Conversation.objects.filter(
             pk=conversation.pk, title_status=TitleStatus.PENDING
-        ).update(title_status=TitleStatus.RUNNING, title_claimed_at=timezone.now())
+        ).update(title_status=TitleStatus.RUNNING, title_claimed_at=Now())
         if claimed:
             return Conversation.objects.select_related("model").get(pk=conversation.pk)
     return None
@@ -155,7 +155,7 @@ def _generate(conversation: Conversation, pool: str, give_way: threading.Event) 
 def requeue_lost_titles(now: datetime | None = None) -> int:
     """Titles still "running" long after a worker took them: that worker died. They wait
     again (the reaper calls this). A title takes a second or two, so the margin is wide."""
-    now = now or timezone.now()
+    limit = (now - LOST_AFTER) if now is not None else Now() - LOST_AFTER  # the database's clock
     return Conversation.objects.filter(
-        title_status=TitleStatus.RUNNING, title_claimed_at__lt=now - LOST_AFTER
+        title_status=TitleStatus.RUNNING, title_claimed_at__lt=limit
     ).update(title_status=TitleStatus.PENDING)

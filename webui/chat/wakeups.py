@@ -1,0 +1,81 @@
+"""Waking a pool's workers without piling up wake-ups, and knowing whether a pool has any.
+
+A wake-up only says "a worker of this pool, look at the queue": a worker that takes one
+claims every answer it can. So one waiting wake-up per pool is enough, and sending more
+while one waits only fills Redis (a pool with no live worker used to get one from every
+reaper every 5 s). Workers note themselves alive per pool; a pool with none makes its
+waiting answers say so.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+
+import redis
+from django.db import transaction
+
+from webui import config
+
+logger = logging.getLogger("corral.wakeups")
+
+WAKE_TASK = "corral.run_next_answer"
+
+
+@cache
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(config.redis_url())
+
+
+def _presence_key(pool: str) -> str:
+    return f"corral:workers:{pool}"
+
+
+def pending_wakeups(pool: str) -> int:
+    """Wake-ups waiting in the pool's Celery queue (kombu's Redis transport keeps a queue
+    as a list under its name)."""
+    return int(_redis().llen(pool))
+
+
+def wake(pool: str) -> None:
+    """Ask one worker of the pool to look at the queue, after commit, unless a wake-up
+    already waits there."""
+
+    def send() -> None:
+        from workers.celery_app import app  # the web process only needs it to send
+
+        try:
+            if pending_wakeups(pool) > 0:
+                return
+            app.send_task(WAKE_TASK, args=[pool], queue=pool)
+        except Exception:  # broker down: the answer stays queued; the reaper wakes it later
+            logger.warning("could not wake a %s worker", pool, exc_info=True)
+
+    transaction.on_commit(send)
+
+
+def note_worker_alive(pool: str, worker: str, for_s: float) -> None:
+    """A worker of ``pool`` is alive for the next ``for_s`` seconds (Redis's clock)."""
+    client = _redis()
+    now = float(client.time()[0])
+    key = _presence_key(pool)
+    with client.pipeline(transaction=False) as pipe:
+        pipe.zadd(key, {worker: now + for_s})
+        pipe.zremrangebyscore(key, "-inf", now)
+        pipe.expire(key, int(for_s) + 1)
+        pipe.execute()
+
+
+def forget_worker(pool: str, worker: str) -> None:
+    _redis().zrem(_presence_key(pool), worker)
+
+
+def has_live_worker(pool: str) -> bool | None:
+    """Whether any worker of ``pool`` noted itself alive lately; None if Redis cannot say."""
+    try:
+        client = _redis()
+        now = float(client.time()[0])
+        return int(client.zcount(_presence_key(pool), now, "+inf")) > 0
+    except redis.RedisError:
+        logger.warning("cannot tell whether a %s worker is alive", pool, exc_info=True)
+        return None
