@@ -32,7 +32,9 @@ test: install
 
 bench: install
 	$(PY) bench/stream_bench.py $(BENCH_ARGS)
-	$(PY) bench/load_bench.py $(LOAD_ARGS)
+	$(PY) bench/load_bench.py --raw $(LOAD_ARGS)
+	$(PY) bench/load_bench.py --rounds 1,8 --users 8 --tokens 128 --raw
+	$(PY) bench/engine_bench.py --model data/models/gemma-3-270m-q4_k_m.gguf --batches 1,8
 
 lint: install
 	$(VENV)/bin/ruff check .

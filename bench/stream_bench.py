@@ -45,6 +45,9 @@ def prepare_environment(tmp: Path) -> subprocess.Popen[bytes] | None:
     os.environ.setdefault("MODELS_DIR", str(REPO / "data" / "models"))
     os.environ.pop("DATABASE_URL", None)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webui.settings")
+    # Titles are written by the worker after each answer: they would run on the same two
+    # cores while the raw side is measured.
+    os.environ["CORRAL_AUTO_TITLE"] = "0"
     redis = None
     if not os.environ.get("REDIS_URL"):
         sock = tmp / "redis.sock"

@@ -31,13 +31,14 @@ def collect_group_events(conversation_id: int, run) -> list[dict]:
     return collect_events(publish.group_name(conversation_id), run)
 
 
-def collect_events(group: str, run) -> list[dict]:
-    """Run ``run()`` while listening on a channel-layer group; return what arrived."""
+def collect_events(group: str | list[str], run) -> list[dict]:
+    """Run ``run()`` while listening on channel-layer groups; return what arrived."""
     layer = get_channel_layer()
 
     async def listen() -> list[dict]:
         channel = await layer.new_channel()
-        await layer.group_add(group, channel)
+        for name in [group] if isinstance(group, str) else group:
+            await layer.group_add(name, channel)
         await asyncio.get_running_loop().run_in_executor(None, run)
         await asyncio.get_running_loop().run_in_executor(None, publish.flush)
         events = []

@@ -663,38 +663,20 @@ def test_heartbeat_ends_a_silent_answer_at_the_time_limit(alice, gemma, monkeypa
 def test_queue_places_are_coalesced_per_pool(alice, bob, gemma, monkeypatch):
     """Thirty changes in a burst cost one round of places for the waiting answers now and
     one at the end of the interval, not thirty rounds."""
-    import asyncio
-
-    from asgiref.sync import async_to_sync
-    from channels.layers import get_channel_layer
-
+    from tests.chat.test_generation import collect_events
     from workers import publish
 
     monkeypatch.setattr(config, "QUEUE_EVENT_INTERVAL_S", 0.5)
     answers = [queued(alice if i % 2 else bob, gemma) for i in range(5)]
-    layer = get_channel_layer()
 
-    async def listen() -> list[dict]:
-        channel = await layer.new_channel()
-        for answer in answers:
-            await layer.group_add(publish.group_name(answer.conversation_id), channel)
+    def burst() -> None:
+        for _ in range(30):
+            jobs.publish_queue(UNSERVED_POOL)
+            time.sleep(0.01)
+        assert jobs._queue_notices.wait_idle(timeout=5)
 
-        def burst() -> None:
-            for _ in range(30):
-                jobs.publish_queue(UNSERVED_POOL)
-                time.sleep(0.01)
-            assert jobs._queue_notices.wait_idle(timeout=5)
-            publish.flush()
-
-        await asyncio.get_running_loop().run_in_executor(None, burst)
-        events = []
-        while True:
-            try:
-                events.append(await asyncio.wait_for(layer.receive(channel), 0.5))
-            except TimeoutError:
-                return events
-
-    events = [e for e in async_to_sync(listen)() if e["type"] == "message.queue"]
+    groups = [publish.group_name(a.conversation_id) for a in answers]
+    events = [e for e in collect_events(groups, burst) if e["type"] == "message.queue"]
     assert 5 <= len(events) <= 10  # one or two rounds of five
     last = {e["message"]: e["position"] for e in events}
     assert sorted(last.values()) == [1, 2, 3, 4, 5]

@@ -1,0 +1,1 @@
+from tests.chat.conftest import gemma  # noqa: F401  (the default model, in the unserved pool)

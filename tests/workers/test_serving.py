@@ -1,0 +1,71 @@
+"""The worker's loop, in this process against the test database: several answers of one
+batch run at once; answers that cannot share the process wait their turn."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import override_settings
+
+from tests.chat.conftest import UNSERVED_POOL
+from tests.chat.test_generation import ollama_model
+from tests.chat.test_jobs import limits
+from tests.ollama_server import OllamaTestServer
+from webui.chat import services
+from webui.chat.models import Message
+from workers.serving import serve
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def send(user, model, n: int) -> list[Message]:
+    with override_settings(CORRAL=limits(active=10)):
+        return [
+            services.send_message(
+                user=user, conversation_id=None, text=f"question {i}", model_id=model.pk
+            )[2]
+            for i in range(n)
+        ]
+
+
+def overlapping(answers: list[Message]) -> bool:
+    """Every answer started before any of them finished."""
+    rows = list(Message.objects.filter(pk__in=[a.pk for a in answers]))
+    return max(r.started_at for r in rows) < min(r.finished_at for r in rows)
+
+
+def test_llama_answers_run_together_in_one_process(alice, gemma):
+    gemma.parameters = {**gemma.parameters, "max_tokens": 24}
+    gemma.save()
+    answers = send(alice, gemma, 3)
+    assert serve(UNSERVED_POOL, worker="test") == 3
+    assert all(
+        m.status == Message.Status.DONE and m.content
+        for m in Message.objects.filter(pk__in=[a.pk for a in answers])
+    )
+    assert overlapping(answers)
+
+
+def test_ollama_answers_stream_together_from_one_process(alice):
+    with OllamaTestServer(models={"slow:latest": "one two three four"}, token_delay=0.2) as server:
+        model = ollama_model("ollama/slow", "slow:latest", server.url)
+        answers = send(alice, model, 3)
+        assert serve(UNSERVED_POOL, worker="test") == 3
+    rows = Message.objects.filter(pk__in=[a.pk for a in answers])
+    assert all(m.status == Message.Status.DONE and m.content == "one two three four" for m in rows)
+    assert overlapping(answers)
+
+
+def test_answers_that_cannot_share_a_process_take_turns(alice, gemma):
+    """A llama.cpp answer and an Ollama answer have different batch keys: the second
+    starts only when the first has ended, in fair order."""
+    gemma.parameters = {**gemma.parameters, "max_tokens": 8}
+    gemma.save()
+    with OllamaTestServer(models={"tiny:latest": "hello there"}, token_delay=0.1) as server:
+        model = ollama_model("ollama/tiny", "tiny:latest", server.url)
+        first = send(alice, gemma, 1)[0]
+        second = send(alice, model, 1)[0]
+        assert serve(UNSERVED_POOL, worker="test") == 2
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert first.status == second.status == Message.Status.DONE
+    assert second.started_at >= first.finished_at
