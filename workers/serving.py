@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Hashable
 
 from django.db import connection
@@ -25,6 +26,8 @@ logger = logging.getLogger("corral.serving")
 
 # How often a process with a free slot looks for a new answer to join its batch.
 CLAIM_POLL_S = 0.1
+# How often a full process asks for another worker while answers wait.
+HELP_INTERVAL_S = 1.0
 
 
 def batch_of(answer: Message) -> tuple[Hashable, int] | None:
@@ -121,15 +124,23 @@ def serve(pool: str, worker: str) -> int:
     slots = Slots(pool)
     served = 0
     titles_left = generation.TITLES_PER_WAKE
+    next_call_for_help = 0.0
     while True:
         running = slots.running()
-        if slots.has_room() and jobs.anything_queued(pool):
+        queued = jobs.anything_queued(pool)
+        if queued and slots.has_room():
             answer = jobs.claim_next(pool, worker, fits=slots.fits)
             if answer is not None:
                 slots.give_way.set()  # a title being written stops for it
                 slots.start(answer)
                 served += 1
                 continue
+        if queued and running and time.monotonic() >= next_call_for_help:
+            # Full, or the fairest answer needs another batch: another worker of the pool
+            # may take what this one cannot. At most one wake-up waits; this asks once a
+            # second.
+            jobs.wake(pool)
+            next_call_for_help = time.monotonic() + HELP_INTERVAL_S
         if not running and not slots.title_running():
             if not titles_left or not slots.title_found:
                 break
