@@ -148,7 +148,11 @@ def serve(pool: str, worker: str) -> int:
             slots.start_title()
         slots.freed.wait(CLAIM_POLL_S)
         slots.freed.clear()
-    # Follow-ups whose earlier answer ran elsewhere, and titles: wake a worker for them.
-    if jobs.queue_of(pool) or titles.pending_in(pool):
+    # An answer that became claimable as this loop ended, or titles beyond this wake-up's
+    # share: wake a worker for them. Not for follow-ups still waiting for the answer before
+    # them, or titles held back by those: the end of that answer wakes its pool
+    # (jobs.wake_follow_ups), and waking now would only bounce between idle workers.
+    claimable = any(not jobs.waits_for_earlier_answer(m) for m in jobs.queue_of(pool))
+    if claimable or (not titles_left and titles.pending_in(pool)):
         jobs.wake(pool)
     return served

@@ -272,7 +272,8 @@ def claim_next(
 
 def wake_follow_ups(answer: Message) -> list[str]:
     """Queued follow-ups waited for ``answer`` to end; those of other pools have no
-    worker watching for that, so wake one there."""
+    worker watching for that, so wake one there. (In its own pool, the worker that ran
+    ``answer`` claims them.)"""
     pool = answer.model.pool if answer.model is not None else None
     pools = set(
         Message.objects.filter(status=Message.Status.QUEUED, parent__parent_id=answer.pk)
