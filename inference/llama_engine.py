@@ -202,8 +202,6 @@ class BatchEngine:
                     yield item
                     if isinstance(item, Finished):
                         return
-                # (An event's wait, not time.sleep: the same rest, and it also runs under
-                # libfaketime, which the clock-skew tests use.)
                 sequence.closed.wait(self.config.reader_interval_s)
         finally:
             sequence.closed.set()

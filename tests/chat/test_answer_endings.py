@@ -80,6 +80,40 @@ class FailsWhenCancelled:
         yield  # a generator, like every backend
 
 
+def test_stop_reaches_the_new_attempt_when_the_answer_was_rerun_meanwhile(
+    alice, gemma, monkeypatch
+):
+    """Stop sees attempt 1 running; before its flag lands, a reaper re-queues the answer
+    and another worker claims it as attempt 2: the flag must reach attempt 2."""
+    from webui.chat import services as services_module
+
+    _, _, answer = services.send_message(
+        user=alice, conversation_id=None, text="hi", model_id=gemma.pk
+    )
+    first = jobs.claim_next(UNSERVED_POOL, worker="dying")
+    real_request_stop = stop_flags.request_stop
+    flagged = []
+
+    def request_stop_after_a_rerun(message_id, attempt):
+        if not flagged:  # the reaper and another worker get in first
+            Message.objects.filter(pk=first.pk).update(
+                heartbeat_at=timezone.now() - timedelta(seconds=config.HEARTBEAT_STALE_S + 5)
+            )
+            assert jobs.reap_stale() == [first.pk]
+            assert jobs.claim_next(UNSERVED_POOL, worker="next").attempts == 2
+        flagged.append(attempt)
+        real_request_stop(message_id, attempt)
+
+    monkeypatch.setattr(services_module.stop_flags, "request_stop", request_stop_after_a_rerun)
+    try:
+        services.stop_answer(user=alice, message_id=answer.pk)
+        assert flagged == [1, 2]
+        assert stop_flags.stop_requested(answer.pk, 2)
+    finally:
+        stop_flags.clear(answer.pk, 1)
+        stop_flags.clear(answer.pk, 2)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_backend_failing_after_the_time_limit_says_time_limit(alice, gemma, monkeypatch):
     """The time limit cancels a silent backend, whose read then fails: the answer says it

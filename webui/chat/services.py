@@ -227,8 +227,9 @@ def stop_answer(*, user: AbstractBaseUser, message_id: int) -> Message:
         attempt = answer.attempts
         stop_flags.request_stop(answer.pk, attempt)
         answer.refresh_from_db()
-        if answer.status != Message.Status.QUEUED or answer.attempts != attempt:
-            return answer
+        if answer.status not in Message.ACTIVE or answer.attempts == attempt:
+            return answer  # over, or the flagged attempt is the one running (or reaped)
+        # Re-queued before the flag was set, perhaps claimed again: go round.
     return answer
 
 
