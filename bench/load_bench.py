@@ -211,12 +211,12 @@ class Subscriber(threading.Thread):
     async def _main(self) -> None:
         from channels.layers import get_channel_layer
 
-        from workers import publish
+        from webui.chat import streams
 
         layer = get_channel_layer()
         channel = await layer.new_channel()
         for conversation_id in self.conversation_ids:
-            await layer.group_add(publish.group_name(conversation_id), channel)
+            await layer.group_add(streams.group_name(conversation_id), channel)
         pump = asyncio.create_task(self._pump(layer, channel))
         self.ready.set()
         while not self.stopping.is_set() and not pump.done():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable, Iterator
+from collections.abc import Generator, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -81,7 +81,13 @@ StreamItem = TextChunk | Finished
 
 
 class BackendError(Exception):
-    """A failure the user should read: the message is shown in the answer as it is."""
+    """A failure the user should read: the message is shown in the answer as it is.
+    ``detail`` holds what only the worker's log and admins see: hosts, paths, driver
+    messages."""
+
+    def __init__(self, message: str, *, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class Backend(Protocol):
@@ -102,7 +108,7 @@ class Backend(Protocol):
 
     def stream(
         self, request: GenerationRequest, cancel: threading.Event | None = None
-    ) -> Iterator[StreamItem]:
+    ) -> Generator[StreamItem, None, None]:
         """Yield text chunks, then one Finished.
 
         Must be a generator: closing it early (``.close()``) must stop generation and

@@ -8,7 +8,7 @@ become sequences of the same batch; the worker only sees the backend interface.
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable, Iterator
+from collections.abc import Generator, Hashable
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,7 @@ class LlamaCppBackend:
                 return self._engine
             file = Path(path)
             if not file.is_file():
-                raise BackendError(f"Model file not found: {path}")
+                raise BackendError(f"Model file not found: {file.name}", detail=path)
             if self._engine is not None:  # free the previous model before loading the next
                 self._engine.close()
                 self._engine = self._key = None
@@ -98,7 +98,7 @@ class LlamaCppBackend:
             try:
                 engine = BatchEngine(str(file), config)
             except (ValueError, RuntimeError, OSError) as exc:
-                raise BackendError(f"Could not load {file.name}: {exc}") from exc
+                raise BackendError(f"Could not load {file.name}.", detail=f"{path}: {exc}") from exc
             format_name = None
             if CHAT_TEMPLATE_KEY not in engine.metadata:
                 if not parsed.chat_format:
@@ -124,7 +124,7 @@ class LlamaCppBackend:
 
     def stream(
         self, request: GenerationRequest, cancel: threading.Event | None = None
-    ) -> Iterator[StreamItem]:
+    ) -> Generator[StreamItem, None, None]:
         engine = self.load(request.model.target, request.model.settings, cancel)
         formatter, format_name = self._formatter, self._format_name
         assert formatter is not None

@@ -6,7 +6,7 @@ import contextlib
 import json
 import socket
 import threading
-from collections.abc import Callable, Generator, Hashable, Iterator
+from collections.abc import Callable, Generator, Hashable
 from typing import Any, cast
 
 import httpx
@@ -67,7 +67,7 @@ class OllamaBackend:
 
     def stream(
         self, request: GenerationRequest, cancel: threading.Event | None = None
-    ) -> Iterator[StreamItem]:
+    ) -> Generator[StreamItem, None, None]:
         settings = _validate_settings(request.model.settings)
         model = request.model.target
         if not model:
@@ -115,11 +115,12 @@ class OllamaBackend:
                 # the connection: Ollama sees the disconnect and stops generating. Without this
                 # the close would depend on garbage collection.
                 parts.close()
-            raise BackendError(f"Ollama error: the stream from {where} ended before the answer did")
+            raise BackendError("Ollama error: the stream ended before the answer did", detail=where)
         except ollama.ResponseError as exc:
             if exc.status_code == 404:
                 raise BackendError(
-                    f"Ollama model {model!r} is not available on {where}: {exc.error}"
+                    f"Ollama model {model!r} is not available on its server: {exc.error}",
+                    detail=where,
                 ) from exc
             raise BackendError(f"Ollama error: {exc.error}") from exc
         except _TRANSPORT_ERRORS as exc:
@@ -243,24 +244,33 @@ def _reason(done_reason: str | None) -> str:
 
 def _transport_error(exc: BaseException, where: str, timeout: float | None) -> BackendError:
     """Turn a client/transport exception into a message a user can act on."""
+    # What a person reads names no host and quotes no transport message: those are in
+    # ``detail``, for the worker's log and the admins' commands.
     if isinstance(exc, httpx.ConnectTimeout):
         return BackendError(
-            f"Ollama server at {where} is unreachable: no connection within {CONNECT_TIMEOUT_S:g} s"
+            f"The Ollama server is unreachable: no connection within {CONNECT_TIMEOUT_S:g} s.",
+            detail=where,
         )
     if isinstance(exc, httpx.ConnectError):
-        return BackendError(f"Ollama server at {where} is unreachable: {exc}")
+        return BackendError("The Ollama server is unreachable.", detail=f"{where}: {exc}")
     if isinstance(exc, ConnectionError):
         # ollama >= 0.4.5 replaces httpx.ConnectError with a generic ConnectionError
         # ("Failed to connect to Ollama...") but keeps the original as the context.
         reason = exc.__context__ if isinstance(exc.__context__, httpx.HTTPError) else exc
-        return BackendError(f"Ollama server at {where} is unreachable: {reason}")
+        return BackendError("The Ollama server is unreachable.", detail=f"{where}: {reason}")
     if isinstance(exc, httpx.TimeoutException):
         limit = timeout or DEFAULT_READ_TIMEOUT_S
-        return BackendError(f"Ollama error: no response from {where} within {limit:g} s")
+        return BackendError(
+            f"Ollama error: the server did not respond within {limit:g} s.", detail=where
+        )
     if isinstance(exc, httpx.HTTPError):
-        return BackendError(f"Ollama error: connection to {where} failed: {exc}")
+        return BackendError(
+            "Ollama error: the connection to the server failed.", detail=f"{where}: {exc}"
+        )
     if isinstance(exc, json.JSONDecodeError | pydantic.ValidationError):
-        return BackendError(f"Ollama error: {where} sent a response that is not Ollama's API")
+        return BackendError(
+            "Ollama error: the server sent a response that is not Ollama's API.", detail=where
+        )
     if isinstance(exc, ollama.RequestError):
         return BackendError(f"Ollama error: {exc.error}")
-    return BackendError(f"Ollama error: {exc}")
+    return BackendError("Ollama error: the request failed.", detail=f"{where}: {exc!r}")

@@ -116,7 +116,7 @@ def start_worker(
     """A real Celery worker; ``prefix`` runs it under another command (e.g. faketime)."""
     from celery import Celery
 
-    from workers.celery_app import broker_url
+    from webui.celery import broker_url
 
     app = Celery(broker=broker_url(env["REDIS_URL"]))  # ping through the worker's own broker
     name = f"test-{label or queues}-{time.monotonic_ns()}@%h"

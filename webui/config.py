@@ -98,6 +98,9 @@ MAX_ATTEMPTS: int = env.int("CORRAL_MAX_ATTEMPTS", 2)
 HEARTBEAT_INTERVAL_S: float = env.float("CORRAL_HEARTBEAT_INTERVAL_S", 2)
 HEARTBEAT_STALE_S: float = env.float("CORRAL_HEARTBEAT_STALE_S", 12)
 REAP_INTERVAL_S: float = env.float("CORRAL_REAP_INTERVAL_S", 5)
+# How long a worker keeps a finished answer's outcome (and the answers it runs) while the
+# database is unreachable, retrying, before it lets the reaper deal with them.
+DB_OUTAGE_S: float = env.float("CORRAL_DB_OUTAGE_S", 120)
 # Queue places go out per pool at most this often, however many changes happen.
 QUEUE_EVENT_INTERVAL_S: float = env.float("CORRAL_QUEUE_EVENT_INTERVAL_S", 0.5)
 

@@ -16,11 +16,16 @@ import threading
 import time
 from collections.abc import Hashable
 
-from django.db import connection
+from django.db import close_old_connections, connection
 
 from inference import BackendError, get_backend
-from webui.chat import generation, jobs, titles
+from webui import config
+from webui.chat import queue, wakeups
 from webui.chat.models import Message
+from workers import generation, titles
+from workers.claims import claim_next, wake_follow_ups
+from workers.heartbeat import Heartbeat
+from workers.outages import DATABASE_DOWN
 
 logger = logging.getLogger("corral.serving")
 
@@ -28,6 +33,8 @@ logger = logging.getLogger("corral.serving")
 CLAIM_POLL_S = 0.1
 # How often a full process asks for another worker while answers wait.
 HELP_INTERVAL_S = 1.0
+# How often the loop tries the database again while it is down.
+DOWN_POLL_S = 1.0
 
 
 def batch_of(answer: Message) -> tuple[Hashable, int] | None:
@@ -87,9 +94,9 @@ class Slots:
     def _run(self, answer: Message) -> None:
         try:
             pool = self.pool
-            with jobs.Heartbeat(answer, first=lambda: jobs.publish_queue(pool)) as heartbeat:
+            with Heartbeat(answer, first=lambda: queue.publish_queue(pool)) as heartbeat:
                 answer = generation.generate(answer, heartbeat.cancelled, heartbeat)
-            jobs.wake_follow_ups(answer)
+            wake_follow_ups(answer)
             titles.request_title(answer)
         except Exception:
             logger.exception("answer %s: the worker thread failed", answer.pk)
@@ -120,26 +127,40 @@ class Slots:
 def serve(pool: str, worker: str) -> int:
     """Claim and run ``pool``'s answers until none is running and none can be claimed,
     writing waiting titles (the low-priority work) when no answer runs; return how many
-    answers ran."""
+    answers ran. While the database is down, the answers running go on and claiming waits
+    (up to ``CORRAL_DB_OUTAGE_S`` once nothing runs)."""
     slots = Slots(pool)
     served = 0
     titles_left = generation.TITLES_PER_WAKE
     next_call_for_help = 0.0
+    down_since: float | None = None
     while True:
         running = slots.running()
-        queued = jobs.anything_queued(pool)
-        if queued and slots.has_room():
-            answer = jobs.claim_next(pool, worker, fits=slots.fits)
-            if answer is not None:
-                slots.give_way.set()  # a title being written stops for it
-                slots.start(answer)
-                served += 1
-                continue
+        try:
+            queued = queue.anything_queued(pool)
+            if queued and slots.has_room():
+                answer = claim_next(pool, worker, fits=slots.fits)
+                if answer is not None:
+                    slots.give_way.set()  # a title being written stops for it
+                    slots.start(answer)
+                    served += 1
+                    continue
+            down_since = None
+        except DATABASE_DOWN:
+            if down_since is None:
+                logger.warning("pool %s: the database is unreachable", pool, exc_info=True)
+                down_since = time.monotonic()
+            close_old_connections()
+            if not running and time.monotonic() - down_since > config.DB_OUTAGE_S:
+                return served  # the reaper wakes the pool once the database is back
+            slots.freed.wait(DOWN_POLL_S)
+            slots.freed.clear()
+            continue
         if queued and running and time.monotonic() >= next_call_for_help:
             # Full, or the fairest answer needs another batch: another worker of the pool
             # may take what this one cannot. At most one wake-up waits; this asks once a
             # second.
-            jobs.wake(pool)
+            wakeups.wake(pool)
             next_call_for_help = time.monotonic() + HELP_INTERVAL_S
         if not running and not slots.title_running():
             if not titles_left or not slots.title_found:
@@ -151,8 +172,11 @@ def serve(pool: str, worker: str) -> int:
     # An answer that became claimable as this loop ended, or titles beyond this wake-up's
     # share: wake a worker for them. Not for follow-ups still waiting for the answer before
     # them, or titles held back by those: the end of that answer wakes its pool
-    # (jobs.wake_follow_ups), and waking now would only bounce between idle workers.
-    claimable = any(not jobs.waits_for_earlier_answer(m) for m in jobs.queue_of(pool))
-    if claimable or (not titles_left and titles.pending_in(pool)):
-        jobs.wake(pool)
+    # (claims.wake_follow_ups), and waking now would only bounce between idle workers.
+    try:
+        claimable = any(not queue.waits_for_earlier_answer(m) for m in queue.queue_of(pool))
+        if claimable or (not titles_left and titles.pending_in(pool)):
+            wakeups.wake(pool)
+    except DATABASE_DOWN:  # the reaper wakes the pool once the database is back
+        logger.warning("pool %s: the database is unreachable", pool, exc_info=True)
     return served

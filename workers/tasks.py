@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import socket
 
-from workers.celery_app import app
+from webui.celery import WAKE_TASK, app
 
 
-@app.task(name="corral.run_next_answer", acks_late=True, reject_on_worker_lost=True)
+@app.task(name=WAKE_TASK, acks_late=True, reject_on_worker_lost=True)
 def run_next_answer(pool: str) -> None:
     """A wake-up for one worker of ``pool``: run queued answers, several at once, until
     none waits."""

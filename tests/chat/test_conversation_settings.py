@@ -13,8 +13,8 @@ from tests.ollama_server import OllamaTestServer
 from webui import config
 from webui.chat import conversation_settings
 from webui.chat.conversation_settings import effective_settings, update_settings
-from webui.chat.generation import build_request
 from webui.chat.models import Conversation, LanguageModel, Message
+from workers.generation import build_request
 
 pytestmark = pytest.mark.django_db
 

@@ -8,9 +8,8 @@ from django.core.exceptions import ValidationError
 from django.test import override_settings
 
 from webui import config
-from webui.chat import services
+from webui.chat import services, stop_flags
 from webui.chat.models import Conversation, LanguageModel, Message
-from workers import stop_flags
 
 pytestmark = pytest.mark.django_db
 
@@ -48,7 +47,7 @@ def test_send_saves_question_and_queued_answer_then_enqueues_after_commit(
 
 
 def test_unknown_pool_is_refused():
-    from workers.queues import queue_for_pool
+    from webui.chat.pools import queue_for_pool
 
     assert queue_for_pool("cpu") == "cpu"
     with pytest.raises(ValueError, match="unknown pool"):
@@ -105,7 +104,7 @@ def test_stop_of_a_queued_answer_removes_it_from_the_run(alice, gemma):
     services.stop_answer(user=alice, message_id=answer.pk)
     answer.refresh_from_db()
     assert answer.status == Message.Status.STOPPED
-    from webui.chat.generation import run_next
+    from workers.generation import run_next
 
     assert run_next(gemma.pool, worker="test") is None  # its wake-up finds nothing to run
     answer.refresh_from_db()

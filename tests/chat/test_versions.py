@@ -6,8 +6,8 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from webui.chat import selectors, services
-from webui.chat.generation import build_request
 from webui.chat.models import Message
+from workers.generation import build_request
 
 pytestmark = pytest.mark.django_db
 

@@ -14,50 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Worker, _start, _stop, free_port, start_worker
+from tests.conftest import _start, _stop, free_port, start_worker
+from tests.e2e.conftest import FAST_REAPER, POOL
 from tests.e2e.helpers import ChatClient
-from webui.chat import jobs, services
+from webui.chat import services, wakeups
 from webui.chat.models import Conversation, Message
 from webui.run import processes
+from workers import reaper
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-# Fault tests use the gpu pool, which the suite's shared worker does not consume, so only
-# the workers a test starts (and kills) can take its answers.
-POOL = "gpu"
-FAST_REAPER = {
-    "CORRAL_HEARTBEAT_INTERVAL_S": "0.5",
-    "CORRAL_HEARTBEAT_STALE_S": "4",
-    "CORRAL_REAP_INTERVAL_S": "1",
-}
 
 
 def finished(client: ChatClient) -> bool:
     return client.answer()["status"] not in ("queued", "running")
-
-
-@pytest.fixture
-def long_gemma(gemma):
-    gemma.pool = POOL
-    gemma.parameters = {**gemma.parameters, "max_tokens": 240}
-    gemma.save()
-    return gemma
-
-
-@pytest.fixture
-def gpu_workers(stack_env, tmp_path):
-    """Start gpu workers on demand; whatever is still running at the end is stopped."""
-    started: list[Worker] = []
-    env = {**stack_env, **FAST_REAPER}
-
-    def start(name: str) -> Worker:
-        worker = start_worker(env, tmp_path / f"{name}.log", queues=POOL, label=name)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        _stop(worker.process)
 
 
 def running_pid(answer: Message, timeout: float = 30) -> int:
@@ -143,7 +112,7 @@ def test_killed_main_process_alone_leaves_one_finished_answer(
     # The orphaned pool child may finish the answer itself, or die and be re-run by the
     # spare worker; either way there is one answer, complete or failed as "worker lost".
     if saved.status == Message.Status.FAILED:
-        assert saved.error == jobs.WORKER_LOST and saved.content
+        assert saved.error == reaper.WORKER_LOST and saved.content
     else:
         assert saved.status == Message.Status.DONE, saved.error
 
@@ -222,7 +191,6 @@ def test_a_worker_whose_clock_is_30_s_late_is_not_taken_for_lost(
 
 
 def test_workers_note_themselves_alive_for_their_pool_and_stop_when_gone(gpu_workers):
-    from webui.chat import wakeups
 
     wakeups._redis().delete(f"corral:workers:{POOL}")
     assert wakeups.has_live_worker(POOL) is False

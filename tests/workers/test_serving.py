@@ -7,9 +7,9 @@ import pytest
 from django.test import override_settings
 
 from tests.chat.conftest import UNSERVED_POOL
-from tests.chat.test_generation import ollama_model
-from tests.chat.test_jobs import limits
 from tests.ollama_server import OllamaTestServer
+from tests.workers.test_generation import ollama_model
+from tests.workers.test_jobs import limits
 from webui.chat import services
 from webui.chat.models import Message
 from workers.serving import serve

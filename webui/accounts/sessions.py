@@ -10,7 +10,7 @@ from django.contrib.sessions.models import Session
 from django.db import transaction
 
 from webui.accounts.models import UserSession
-from workers import publish
+from webui.chat import streams
 
 SIGNED_OUT = "signed_out"
 
@@ -29,7 +29,7 @@ def close_sockets(
 ) -> None:
     """Close the person's open sockets (only those of ``session_key`` if given; all but
     ``keep_session_key`` if given), after commit. The page says ``reason``."""
-    publish.publish_user_event(
+    streams.publish_user_event(
         user_id,
         {
             "type": "account.revoked",

@@ -27,6 +27,7 @@ sockets at once through the person's group.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -34,13 +35,19 @@ import redis
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.core.exceptions import ValidationError
+from django.db import DatabaseError
 
 from webui.accounts.models import Profile
 from webui.accounts.selectors import session_user
-from webui.chat import client_messages, selectors, services
+from webui.chat import client_messages, selectors, services, streams
 from webui.chat.client_messages import BadClientMessage
 from webui.chat.models import Conversation, Message
-from workers import publish
+
+logger = logging.getLogger("corral.consumers")
+
+# What a person reads when the database is down: nothing of the driver's message (it names
+# hosts and databases), which goes to the log.
+DATABASE_DOWN = "Corral cannot reach its database right now; nothing was changed. Try again soon."
 
 CLOSE_SIGNED_OUT = 4401
 CLOSE_NOT_ALLOWED = 4403
@@ -61,7 +68,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         user = self.scope["user"]
         if user.is_authenticated:
             # Joined before the socket opens: an account change from then on reaches it.
-            self.user_group = publish.user_group_name(user.pk)
+            self.user_group = streams.user_group_name(user.pk)
             await self.channel_layer.group_add(self.user_group, self.channel_name)
         await self.accept()  # before any refusal, so the browser learns the close code
         if not user.is_authenticated:
@@ -86,7 +93,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_NOT_FOUND)
             return
         # Join before reading the database, so nothing published in between is missed.
-        self.group = publish.group_name(self.conversation_id)
+        self.group = streams.group_name(self.conversation_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.send_snapshot(conversation, resume=_parse_resume(self.scope))
 
@@ -153,7 +160,12 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             reason = str(exc) if isinstance(exc, BadClientMessage) else "Message not understood."
             await self.send_json({"type": "error", "message": reason})
             return
-        await self.receive_json(content)
+        try:
+            await self.receive_json(content)
+        except DatabaseError:
+            # The socket stays open: deltas still arrive through Redis meanwhile.
+            logger.warning("a socket message failed: database error", exc_info=True)
+            await self._error(DATABASE_DOWN, getattr(content, "request", None))
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         # Every message re-checks the person: a signed-out, deactivated or deleted
@@ -288,7 +300,7 @@ def _parse_resume(scope: dict[str, Any]) -> dict[int, tuple[int, int]]:
 async def _missed_deltas(message: dict[str, Any], after_seq: int) -> list[dict] | None:
     """The deltas after ``after_seq``, if the replay buffer still holds every one of them
     (else None: the client gets the full text instead)."""
-    replay = await publish.read_replay(message["id"], message["attempt"], after_seq=after_seq)
+    replay = await streams.read_replay(message["id"], message["attempt"], after_seq=after_seq)
     expected = after_seq + 1
     for delta in replay:
         if delta["seq"] != expected:
@@ -301,7 +313,7 @@ async def _missed_deltas(message: dict[str, Any], after_seq: int) -> list[dict] 
 
 async def _add_replayed_deltas(message: dict[str, Any]) -> None:
     """Bring a running answer from its last checkpoint up to the last published delta."""
-    replay = await publish.read_replay(message["id"], message["attempt"], after_seq=message["seq"])
+    replay = await streams.read_replay(message["id"], message["attempt"], after_seq=message["seq"])
     for delta in replay:
         if delta["offset"] != len(message["content"]):
             break  # a gap in the buffer (e.g. Redis restarted): stay at the checkpoint

@@ -18,9 +18,8 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Q
 
-from webui.chat import selectors, services
+from webui.chat import selectors, services, stop_flags, streams
 from webui.chat.models import Conversation, Message, TitleStatus
-from workers import publish, stop_flags
 
 logger = logging.getLogger("corral.conversations")
 
@@ -135,7 +134,7 @@ def rename(user: AbstractBaseUser, conversation_id: int, title: str) -> Conversa
         )
         if not changed:
             raise Conversation.DoesNotExist
-        publish.publish_event(conversation_id, {"type": "conversation.changed"})
+        streams.publish_event(conversation_id, {"type": "conversation.changed"})
     return selectors.owned_conversation(user, conversation_id)
 
 
@@ -185,7 +184,7 @@ def _forget_redis_keys(attempts: list[tuple[int, int]], still_running: set[int])
     expire within an hour anyway). The stop flag of an answer still running is kept, so
     its worker halts as soon as it looks."""
     pairs = [(message_id, n) for message_id, count in attempts for n in range(1, count + 1)]
-    publish.delete_replays(pairs)
+    streams.delete_replays(pairs)
     for message_id, attempt in pairs:
         if message_id not in still_running:
             stop_flags.clear(message_id, attempt)
@@ -211,7 +210,7 @@ def delete_conversation(
         )
         still_running = {pk for pk, _, status in answers if status == Message.Status.RUNNING}
         attempts = [(pk, count) for pk, count, _ in answers if count]
-        publish.publish_event(conversation.pk, {"type": "conversation.changed"})
+        streams.publish_event(conversation.pk, {"type": "conversation.changed"})
         conversation.delete()
         transaction.on_commit(
             lambda: _forget_redis_keys(attempts, still_running),

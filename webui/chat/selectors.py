@@ -112,7 +112,7 @@ def current_branch(conversation: Conversation) -> tuple[list[Message], list[Mess
 
 
 def conversation_snapshot(conversation: Conversation) -> dict[str, Any]:
-    from webui.chat import jobs
+    from webui.chat import queue  # it orders messages selected here
 
     branch, everything = current_branch(conversation)
     payloads = []
@@ -124,7 +124,7 @@ def conversation_snapshot(conversation: Conversation) -> dict[str, Any]:
     pools = {m.model.pool for m in branch if m.status == Message.Status.QUEUED and m.model}
     places: dict[int, dict[str, Any]] = {}
     for pool in pools:
-        places.update(jobs.queue_positions(pool))
+        places.update(queue.queue_positions(pool))
     for payload in payloads:
         if payload["id"] in places:
             payload["queue"] = places[payload["id"]]

@@ -9,13 +9,12 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.utils import timezone
 
 from webui.accounts import quotas
 from webui.accounts.selectors import can_chat
-from webui.chat import answer_records, jobs, selectors
+from webui.chat import answer_records, queue, selectors, stop_flags, streams, wakeups
+from webui.chat.endings import end_answer, end_queued
 from webui.chat.models import Conversation, LanguageModel, Message
-from workers import publish, stop_flags
 
 logger = logging.getLogger("corral.chat")
 
@@ -49,14 +48,6 @@ def _pick_model(user: AbstractBaseUser, model_id: int | None) -> LanguageModel |
     if model is None:
         raise ValidationError("That model is not available; pick another one.", code="model")
     return model
-
-
-def publish_message(message: Message) -> None:
-    """Tell the conversation's clients that ``message`` changed (after commit)."""
-    publish.publish_event(
-        message.conversation_id,
-        {"type": "message.state", "message": selectors.message_payload(message)},
-    )
 
 
 def _admit(user: AbstractBaseUser, model: LanguageModel | None) -> None:
@@ -105,7 +96,7 @@ def send_message(
             content=text,
             parent_id=conversation.current_leaf_id,
         )
-        publish_message(question)
+        streams.publish_message(question)
         answer = _queue_answer(conversation, question, model)
     return conversation, question, answer
 
@@ -128,13 +119,13 @@ def _queue_answer(
     # Only what this changes: a settings save, pin or title in another tab must stand.
     conversation.save(update_fields=["model", "current_leaf", "updated_at"])
     if model is None:
-        _finish(answer, Message.Status.FAILED, "No model is available: ask an admin to add one.")
+        end_answer(answer, Message.Status.FAILED, "No model is available: ask an admin to add one.")
+        return answer
     # Sent at commit, in registration order: clients hear "queued" before the worker is
     # woken, so never after its "running".
-    publish_message(answer)
-    if model is not None:
-        jobs.wake(model.pool)
-        transaction.on_commit(lambda: jobs.publish_queue(model.pool), robust=True)
+    streams.publish_message(answer)
+    wakeups.wake(model.pool)
+    transaction.on_commit(lambda: queue.publish_queue(model.pool), robust=True)
     return answer
 
 
@@ -192,15 +183,7 @@ def show_version(*, user: AbstractBaseUser, message_id: int) -> Conversation:
 
 def publish_branch_change(conversation: Conversation) -> None:
     """The branch on screen changed: every open tab redraws from a snapshot."""
-    publish.publish_event(conversation.pk, {"type": "conversation.changed"})
-
-
-def _finish(answer: Message, status: str, error: str = "") -> None:
-    answer.status = status
-    answer.error = error
-    answer.finished_at = timezone.now()
-    answer.version += 1
-    answer.save(update_fields=["status", "error", "finished_at", "version"])
+    streams.publish_event(conversation.pk, {"type": "conversation.changed"})
 
 
 def stop_answer(*, user: AbstractBaseUser, message_id: int) -> Message:
@@ -212,10 +195,10 @@ def stop_answer(*, user: AbstractBaseUser, message_id: int) -> Message:
     # is ended while queued, or flagged while the same attempt still runs, or over.
     for _ in range(5):
         with transaction.atomic():
-            if jobs.end_queued(answer, Message.Status.STOPPED, "Stopped before it started."):
+            if end_queued(answer, Message.Status.STOPPED, "Stopped before it started."):
                 if answer.model is not None:
                     pool = answer.model.pool
-                    transaction.on_commit(lambda p=pool: jobs.publish_queue(p), robust=True)
+                    transaction.on_commit(lambda p=pool: queue.publish_queue(p), robust=True)
                 return answer
         answer.refresh_from_db()
         if answer.status == Message.Status.QUEUED:

@@ -12,7 +12,7 @@ from django.views.decorators.http import require_POST
 
 from inference import BackendError
 from webui.accounts.decorators import admin_required
-from webui.chat import conversations, selectors, services
+from webui.chat import conversations, queue, selectors, services
 
 
 def _page(
@@ -69,9 +69,7 @@ def start_conversation(request: HttpRequest) -> HttpResponse:
 @admin_required
 def queue_page(request: HttpRequest) -> HttpResponse:
     """Every pool's running and waiting answers, for admins."""
-    from webui.chat import jobs
-
-    return render(request, "chat/queue.html", {"pools": jobs.pool_overview()})
+    return render(request, "chat/queue.html", {"pools": queue.pool_overview()})
 
 
 @admin_required

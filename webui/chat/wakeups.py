@@ -16,10 +16,10 @@ import redis
 from django.db import transaction
 
 from webui import config
+from webui.celery import WAKE_TASK, app
+from webui.chat.pools import queue_for_pool
 
 logger = logging.getLogger("corral.wakeups")
-
-WAKE_TASK = "corral.run_next_answer"
 
 
 @cache
@@ -40,14 +40,13 @@ def pending_wakeups(pool: str) -> int:
 def wake(pool: str) -> None:
     """Ask one worker of the pool to look at the queue, after commit, unless a wake-up
     already waits there."""
+    queue = queue_for_pool(pool)
 
     def send() -> None:
-        from workers.celery_app import app  # the web process only needs it to send
-
         try:
-            if pending_wakeups(pool) > 0:
+            if pending_wakeups(queue) > 0:
                 return
-            app.send_task(WAKE_TASK, args=[pool], queue=pool)
+            app.send_task(WAKE_TASK, args=[pool], queue=queue)
         except Exception:  # broker down: the answer stays queued; the reaper wakes it later
             logger.warning("could not wake a %s worker", pool, exc_info=True)
 

@@ -14,7 +14,9 @@ class Command(BaseCommand):
         try:
             created = services.import_ollama_models(host)
         except BackendError as exc:
-            raise CommandError(str(exc)) from exc
+            # An admin runs this: the detail (which server, what failed) helps.
+            detail = f" ({exc.detail})" if exc.detail else ""
+            raise CommandError(f"{exc}{detail}") from exc
         for model in created:
             self.stdout.write(f"Imported {model.name}")
         self.stdout.write(f"{len(created)} new model(s).")

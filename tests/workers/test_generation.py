@@ -12,10 +12,9 @@ from channels.layers import get_channel_layer
 
 from tests.chat.conftest import UNSERVED_POOL
 from tests.ollama_server import OllamaTestServer
-from webui.chat import services
-from webui.chat.generation import run_next
+from webui.chat import services, stop_flags, streams
 from webui.chat.models import LanguageModel, Message
-from workers import publish, stop_flags
+from workers.generation import run_next
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -28,7 +27,7 @@ def ollama_model(name: str, target: str, host: str) -> LanguageModel:
 
 def collect_group_events(conversation_id: int, run) -> list[dict]:
     """Run ``run()`` while listening on the conversation's group; return what arrived."""
-    return collect_events(publish.group_name(conversation_id), run)
+    return collect_events(streams.group_name(conversation_id), run)
 
 
 def collect_events(group: str | list[str], run) -> list[dict]:
@@ -40,7 +39,7 @@ def collect_events(group: str | list[str], run) -> list[dict]:
         for name in [group] if isinstance(group, str) else group:
             await layer.group_add(name, channel)
         await asyncio.get_running_loop().run_in_executor(None, run)
-        await asyncio.get_running_loop().run_in_executor(None, publish.flush)
+        await asyncio.get_running_loop().run_in_executor(None, streams.flush)
         events = []
         while True:
             try:

@@ -1,4 +1,5 @@
-"""The one module that publishes to the channel layer.
+"""The one module that publishes to the channel layer, shared by the web side and the
+workers: channel-group names, the replay buffer of streamed deltas, and the publisher.
 
 Everything sent here is a hint: the database holds the truth and a client can always
 rebuild from it. Publishing never blocks the caller: events go to one background thread
@@ -26,6 +27,8 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 
 from webui import config
+from webui.chat.models import Message
+from webui.chat.selectors import message_payload
 
 logger = logging.getLogger("corral.publish")
 
@@ -61,12 +64,19 @@ class StateEvent(TypedDict):
     message: dict[str, Any]
 
 
-class QueueEvent(TypedDict):
-    type: Literal["message.queue"]
-    message: int
+class QueuePlace(TypedDict):
+    """Where a waiting answer stands: ``position`` 1 is next; ``eta_s`` is None when no
+    estimate can be made, and ``worker`` is False when no worker of the pool is alive."""
+
     pool: str
     position: int
     eta_s: int | None
+    worker: bool
+
+
+class QueueEvent(QueuePlace):
+    type: Literal["message.queue"]
+    message: int
 
 
 class ChangedEvent(TypedDict):
@@ -199,6 +209,13 @@ def publish_event(conversation_id: int, event: ConversationEvent) -> None:
     """Send ``event`` to the conversation's group once the current transaction commits."""
     transaction.on_commit(
         lambda: _sender.submit("event", (group_name(conversation_id), event)), robust=True
+    )
+
+
+def publish_message(message: Message) -> None:
+    """Tell the conversation's clients that ``message`` changed (after commit)."""
+    publish_event(
+        message.conversation_id, {"type": "message.state", "message": message_payload(message)}
     )
 
 

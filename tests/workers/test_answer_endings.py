@@ -10,13 +10,14 @@ import pytest
 from django.test import override_settings
 from django.utils import timezone
 
-from inference import BackendError
+from inference import BackendError, TextChunk
 from tests.chat.conftest import UNSERVED_POOL
-from tests.chat.test_jobs import limits, queued, running
+from tests.workers.test_jobs import limits, queued, running
 from webui import config
-from webui.chat import generation, jobs, services
+from webui.chat import services, stop_flags, wakeups
 from webui.chat.models import Message
-from workers import stop_flags
+from workers import claims, generation, reaper
+from workers.heartbeat import Heartbeat
 
 pytestmark = pytest.mark.django_db
 
@@ -25,12 +26,12 @@ def test_a_dropped_attempt_leaves_the_next_attempts_stop_flag_alone(alice, gemma
     """Attempt 1 is reaped and re-run as attempt 2, whose person presses Stop; attempt 1's
     late ending must not clear attempt 2's flag."""
     queued(alice, gemma)
-    old = jobs.claim_next(UNSERVED_POOL, worker="old")
+    old = claims.claim_next(UNSERVED_POOL, worker="old")
     Message.objects.filter(pk=old.pk).update(
         heartbeat_at=timezone.now() - timedelta(seconds=config.HEARTBEAT_STALE_S + 5)
     )
-    assert jobs.reap_stale() == [old.pk]
-    new = jobs.claim_next(UNSERVED_POOL, worker="new")
+    assert reaper.reap_stale() == [old.pk]
+    new = claims.claim_next(UNSERVED_POOL, worker="new")
     assert new.attempts == 2
     stop_flags.request_stop(new.pk, 2)
     try:
@@ -47,8 +48,8 @@ def test_stop_is_not_lost_when_a_reaper_requeues_the_answer_meanwhile(alice, gem
     _, _, answer = services.send_message(
         user=alice, conversation_id=None, text="hi", model_id=gemma.pk
     )
-    claimed = jobs.claim_next(UNSERVED_POOL, worker="dying")
-    real_end_queued = jobs.end_queued
+    claimed = claims.claim_next(UNSERVED_POOL, worker="dying")
+    real_end_queued = services.end_queued
     calls = []
 
     def end_queued_then_reaped(message, status, error):
@@ -58,14 +59,14 @@ def test_stop_is_not_lost_when_a_reaper_requeues_the_answer_meanwhile(alice, gem
             Message.objects.filter(pk=claimed.pk).update(
                 heartbeat_at=timezone.now() - timedelta(seconds=config.HEARTBEAT_STALE_S + 5)
             )
-            assert jobs.reap_stale() == [claimed.pk]
+            assert reaper.reap_stale() == [claimed.pk]
         return ended
 
-    monkeypatch.setattr(jobs, "end_queued", end_queued_then_reaped)
+    monkeypatch.setattr(services, "end_queued", end_queued_then_reaped)
     services.stop_answer(user=alice, message_id=answer.pk)
     answer.refresh_from_db()
     assert answer.status == Message.Status.STOPPED
-    assert jobs.claim_next(UNSERVED_POOL, worker="next") is None  # nothing left to run
+    assert claims.claim_next(UNSERVED_POOL, worker="next") is None  # nothing left to run
 
 
 class FailsWhenCancelled:
@@ -90,7 +91,7 @@ def test_stop_reaches_the_new_attempt_when_the_answer_was_rerun_meanwhile(
     _, _, answer = services.send_message(
         user=alice, conversation_id=None, text="hi", model_id=gemma.pk
     )
-    first = jobs.claim_next(UNSERVED_POOL, worker="dying")
+    first = claims.claim_next(UNSERVED_POOL, worker="dying")
     real_request_stop = stop_flags.request_stop
     flagged = []
 
@@ -99,8 +100,8 @@ def test_stop_reaches_the_new_attempt_when_the_answer_was_rerun_meanwhile(
             Message.objects.filter(pk=first.pk).update(
                 heartbeat_at=timezone.now() - timedelta(seconds=config.HEARTBEAT_STALE_S + 5)
             )
-            assert jobs.reap_stale() == [first.pk]
-            assert jobs.claim_next(UNSERVED_POOL, worker="next").attempts == 2
+            assert reaper.reap_stale() == [first.pk]
+            assert claims.claim_next(UNSERVED_POOL, worker="next").attempts == 2
         flagged.append(attempt)
         real_request_stop(message_id, attempt)
 
@@ -134,7 +135,7 @@ def test_a_heartbeat_that_finds_its_attempt_gone_cancels_it(alice, gemma, monkey
     monkeypatch.setattr(config, "HEARTBEAT_INTERVAL_S", 0.05)
     answer = running(queued(alice, gemma), heartbeat_age_s=0)
     Message.objects.filter(pk=answer.pk).update(status=Message.Status.QUEUED)  # reaped
-    with jobs.Heartbeat(answer) as heartbeat:
+    with Heartbeat(answer) as heartbeat:
         assert heartbeat.cancelled.wait(timeout=3)
         assert heartbeat.lost and not heartbeat.timed_out
 
@@ -147,7 +148,7 @@ def test_a_hung_answer_stops_beating_after_its_time_limit_so_it_can_be_reaped(
     monkeypatch.setattr(config, "HEARTBEAT_STALE_S", 0.3)
     monkeypatch.setattr(config, "MAX_GENERATION_S", 0.2)
     answer = running(queued(alice, gemma), heartbeat_age_s=0)
-    with jobs.Heartbeat(answer) as heartbeat:
+    with Heartbeat(answer) as heartbeat:
         # The backend call never returns: the thread keeps the answer but stops beating.
         assert heartbeat.cancelled.wait(timeout=3) and heartbeat.timed_out
         deadline = time.monotonic() + 5
@@ -155,7 +156,7 @@ def test_a_hung_answer_stops_beating_after_its_time_limit_so_it_can_be_reaped(
             assert time.monotonic() < deadline, "the heartbeat went on past the time limit"
             time.sleep(0.05)
         time.sleep(0.4)
-        assert jobs.reap_stale() == [answer.pk]
+        assert reaper.reap_stale() == [answer.pk]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -173,7 +174,52 @@ def test_a_follow_up_in_another_pool_is_woken_when_the_answer_before_it_ends(
             user=alice, conversation_id=conversation.pk, text="two", model_id=cpu_model.pk
         )
     woken: list[str] = []
-    monkeypatch.setattr(jobs, "wake", woken.append)
+    monkeypatch.setattr(wakeups, "wake", woken.append)
     assert generation.run_next(UNSERVED_POOL, worker="test").pk == first.pk
     assert cpu_model.pool in woken
     assert Message.objects.get(pk=follow_up.pk).status == Message.Status.QUEUED
+
+
+class BreaksUnexpectedly:
+    """A backend hitting a bug whose message quotes a connection string."""
+
+    continues_partial = False
+    message = 'connection to server at "db.internal" (10.1.2.3), port 5432 failed: FATAL'
+
+    def stream(self, request, cancel=None):
+        yield TextChunk("Partial ")
+        raise RuntimeError(self.message)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_unexpected_error_keeps_the_text_and_shows_no_internals(
+    alice, gemma, monkeypatch, caplog
+):
+    monkeypatch.setattr(generation, "get_backend", lambda name: BreaksUnexpectedly())
+    _, _, answer = services.send_message(
+        user=alice, conversation_id=None, text="hi", model_id=gemma.pk
+    )
+    generation.run_next(UNSERVED_POOL, worker="test")
+    answer.refresh_from_db()
+    assert answer.status == Message.Status.FAILED
+    assert answer.content == "Partial "
+    assert answer.error == generation.INTERNAL_ERROR
+    assert "10.1.2.3" not in answer.error and "5432" not in answer.error
+    assert BreaksUnexpectedly.message in caplog.text  # the admins' log has it all
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_unreachable_ollama_server_is_named_in_the_log_not_the_answer(alice, caplog):
+    from tests.inference.test_ollama_backend import closed_port
+    from tests.workers.test_generation import ollama_model
+
+    host = f"http://127.0.0.1:{closed_port()}"
+    model = ollama_model("ollama/gone", "llama3.2:1b", host)
+    _, _, answer = services.send_message(
+        user=alice, conversation_id=None, text="hi", model_id=model.pk
+    )
+    generation.run_next(UNSERVED_POOL, worker="test")
+    answer.refresh_from_db()
+    assert answer.status == Message.Status.FAILED
+    assert answer.error == "The Ollama server is unreachable."
+    assert host in caplog.text

@@ -17,8 +17,10 @@ from django.utils import timezone
 from inference import Finished, TextChunk, Usage
 from tests.chat.conftest import UNSERVED_POOL
 from webui import config
-from webui.chat import generation, jobs, services
+from webui.chat import queue, services, stop_flags, streams, wakeups
 from webui.chat.models import Conversation, LanguageModel, Message
+from workers import claims, generation, reaper
+from workers.heartbeat import Heartbeat
 
 pytestmark = pytest.mark.django_db
 
@@ -90,7 +92,7 @@ def test_a_newcomer_is_not_stuck_behind_a_user_with_many_queued_answers(alice, b
     alices = [queued(alice, gemma, base + timedelta(seconds=i)) for i in range(6)]
     bobs = queued(bob, gemma, base + timedelta(seconds=30))  # queued after all of Alice's
 
-    order = [m.pk for m in jobs.queue_of(UNSERVED_POOL)]
+    order = [m.pk for m in queue.queue_of(UNSERVED_POOL)]
 
     assert bobs.pk in order[:2]
     # Round-robin: everyone's first, then Alice's others, oldest first.
@@ -104,13 +106,13 @@ def test_the_user_served_least_recently_goes_first(alice, bob, carol, gemma):
     alices = [queued(alice, gemma, base + timedelta(seconds=i)) for i in range(6)]
     bobs = queued(bob, gemma, base + timedelta(seconds=30))  # Bob never was
 
-    order = [m.pk for m in jobs.queue_of(UNSERVED_POOL)]
+    order = [m.pk for m in queue.queue_of(UNSERVED_POOL)]
     assert order == [bobs.pk] + [m.pk for m in alices]
 
     # Carol, served an hour ago, goes before Alice (served 30 s ago) but after Bob (never).
     served(carol, gemma, started_at=now - timedelta(hours=1))
     carols = queued(carol, gemma, base + timedelta(seconds=40))
-    order = [m.pk for m in jobs.queue_of(UNSERVED_POOL)]
+    order = [m.pk for m in queue.queue_of(UNSERVED_POOL)]
     assert order[:3] == [bobs.pk, carols.pk, alices[0].pk]
 
 
@@ -120,11 +122,11 @@ def test_claim_next_takes_answers_in_fair_order_and_marks_them_running(alice, bo
     base = now - timedelta(minutes=10)
     alices = [queued(alice, gemma, base + timedelta(seconds=i)) for i in range(3)]
     bobs = queued(bob, gemma, base + timedelta(seconds=30))
-    expected = [m.pk for m in jobs.queue_of(UNSERVED_POOL)[:2]]
+    expected = [m.pk for m in queue.queue_of(UNSERVED_POOL)[:2]]
     assert expected == [bobs.pk, alices[0].pk]
 
-    first = jobs.claim_next(UNSERVED_POOL, worker="host-a:1")
-    second = jobs.claim_next(UNSERVED_POOL, worker="host-b:2")
+    first = claims.claim_next(UNSERVED_POOL, worker="host-a:1")
+    second = claims.claim_next(UNSERVED_POOL, worker="host-b:2")
 
     assert [first.pk, second.pk] == expected
     for claimed, worker in ((first, "host-a:1"), (second, "host-b:2")):
@@ -136,12 +138,12 @@ def test_claim_next_takes_answers_in_fair_order_and_marks_them_running(alice, bo
         assert row.heartbeat_at is not None and row.started_at is not None
         assert abs((timezone.now() - row.heartbeat_at).total_seconds()) < 5
     # Alice's other answers are still waiting, oldest first.
-    assert [m.pk for m in jobs.queue_of(UNSERVED_POOL)] == [alices[1].pk, alices[2].pk]
+    assert [m.pk for m in queue.queue_of(UNSERVED_POOL)] == [alices[1].pk, alices[2].pk]
 
 
 def test_claim_next_with_nothing_queued_returns_none_and_skips_other_pools(alice, gemma, cpu_model):
     other = queued(alice, cpu_model)
-    assert jobs.claim_next(UNSERVED_POOL, worker="w") is None
+    assert claims.claim_next(UNSERVED_POOL, worker="w") is None
     assert Message.objects.get(pk=other.pk).status == Message.Status.QUEUED
 
 
@@ -157,7 +159,7 @@ def test_positions_count_from_one_in_fair_order_without_eta_when_there_is_no_his
     b1 = queued(bob, gemma, base + timedelta(seconds=2))
     elsewhere = queued(bob, cpu_model, base - timedelta(minutes=1))  # older, other pool
 
-    places = jobs.queue_positions(UNSERVED_POOL)
+    places = queue.queue_positions(UNSERVED_POOL)
 
     assert {pk: place["position"] for pk, place in places.items()} == {
         a1.pk: 1,
@@ -167,7 +169,7 @@ def test_positions_count_from_one_in_fair_order_without_eta_when_there_is_no_his
     assert elsewhere.pk not in places
     assert all(place["pool"] == UNSERVED_POOL for place in places.values())
     assert all(place["eta_s"] is None for place in places.values())
-    assert jobs.queue_positions("cpu")[elsewhere.pk]["position"] == 1
+    assert queue.queue_positions("cpu")[elsewhere.pk]["position"] == 1
 
 
 def test_eta_comes_from_the_pools_history_and_grows_with_position(
@@ -182,14 +184,14 @@ def test_eta_comes_from_the_pools_history_and_grows_with_position(
     slow = served(bob, cpu_model, started_at=now - timedelta(hours=2))
     Message.objects.filter(pk=slow.pk).update(completion_tokens=1000, tokens_per_second=1.0)
 
-    assert jobs.expected_answer_seconds(UNSERVED_POOL) == pytest.approx(10.0)
+    assert queue.expected_answer_seconds(UNSERVED_POOL) == pytest.approx(10.0)
     base = now - timedelta(minutes=5)
     first = queued(alice, gemma, base)
     second = queued(alice, gemma, base + timedelta(seconds=1))
     third = queued(alice, gemma, base + timedelta(seconds=2))
     queued(alice, cpu_model, base - timedelta(minutes=1))
 
-    places = jobs.queue_positions(UNSERVED_POOL)
+    places = queue.queue_positions(UNSERVED_POOL)
 
     assert [places[m.pk]["position"] for m in (first, second, third)] == [1, 2, 3]
     etas = [places[m.pk]["eta_s"] for m in (first, second, third)]
@@ -296,7 +298,7 @@ def test_a_stale_ollama_answer_is_requeued_with_its_partial_text_cleared(alice):
     answer = running(queued(alice, model), heartbeat_age_s=config.HEARTBEAT_STALE_S + 5, attempts=1)
     assert config.MAX_ATTEMPTS > 1
 
-    assert jobs.reap_stale() == [answer.pk]
+    assert reaper.reap_stale() == [answer.pk]
 
     row = Message.objects.get(pk=answer.pk)
     assert row.status == Message.Status.QUEUED
@@ -309,12 +311,11 @@ def test_a_stale_ollama_answer_is_requeued_with_its_partial_text_cleared(alice):
 def test_a_stale_llama_answer_keeps_all_it_delivered_for_the_next_attempt(alice, gemma):
     """The checkpoint (seq 3) plus the deltas streamed after it, as far as they join up:
     the next attempt continues from exactly what clients were shown."""
-    from workers import publish
 
     answer = running(queued(alice, gemma), heartbeat_age_s=config.HEARTBEAT_STALE_S + 5, attempts=1)
     checkpoint = answer.content
-    client = publish._sync_redis()
-    key = publish.replay_key(answer.pk, 1)
+    client = streams._sync_redis()
+    key = streams.replay_key(answer.pk, 1)
     client.delete(key)
     for seq, offset, text in (
         (3, 0, "old"),
@@ -324,7 +325,7 @@ def test_a_stale_llama_answer_keeps_all_it_delivered_for_the_next_attempt(alice,
     ):
         client.rpush(key, json.dumps({"seq": seq, "offset": offset, "text": text}))
     try:
-        assert jobs.reap_stale() == [answer.pk]
+        assert reaper.reap_stale() == [answer.pk]
     finally:
         client.delete(key)
     row = Message.objects.get(pk=answer.pk)
@@ -332,13 +333,13 @@ def test_a_stale_llama_answer_keeps_all_it_delivered_for_the_next_attempt(alice,
     assert row.content == checkpoint + " and more" and row.seq == 5
     assert generation.build_request(row).continue_from == row.content
     assert row.finished_at is None
-    assert [m.pk for m in jobs.queue_of(UNSERVED_POOL)] == [answer.pk]
+    assert [m.pk for m in queue.queue_of(UNSERVED_POOL)] == [answer.pk]
 
 
 def test_an_answer_without_heartbeat_that_started_long_ago_is_reaped(alice, gemma):
     answer = running(queued(alice, gemma), heartbeat_age_s=config.HEARTBEAT_STALE_S + 5)
     Message.objects.filter(pk=answer.pk).update(heartbeat_at=None)
-    assert jobs.reap_stale() == [answer.pk]
+    assert reaper.reap_stale() == [answer.pk]
     assert Message.objects.get(pk=answer.pk).status == Message.Status.QUEUED
 
 
@@ -346,7 +347,7 @@ def test_a_fresh_heartbeat_is_left_alone(alice, gemma):
     answer = running(queued(alice, gemma), heartbeat_age_s=config.HEARTBEAT_STALE_S / 4)
     before = Message.objects.values().get(pk=answer.pk)
 
-    assert jobs.reap_stale() == []
+    assert reaper.reap_stale() == []
 
     assert Message.objects.values().get(pk=answer.pk) == before
 
@@ -360,24 +361,24 @@ def test_at_the_last_attempt_a_stale_answer_fails_as_worker_lost_and_keeps_its_t
     )
     now = timezone.now()
 
-    assert jobs.reap_stale(now=now) == [answer.pk]
+    assert reaper.reap_stale(now=now) == [answer.pk]
 
     row = Message.objects.get(pk=answer.pk)
     assert row.status == Message.Status.FAILED
-    assert row.error == jobs.WORKER_LOST
+    assert row.error == reaper.WORKER_LOST
     assert row.content == "Half of an answer"
     assert row.finished_at == now
     assert row.version == 6
     assert row.attempts == config.MAX_ATTEMPTS
-    assert jobs.queue_of(UNSERVED_POOL) == []
+    assert queue.queue_of(UNSERVED_POOL) == []
 
 
 def test_reaping_twice_changes_the_row_once(alice, gemma):
     answer = running(queued(alice, gemma), heartbeat_age_s=config.HEARTBEAT_STALE_S + 5)
 
-    assert jobs.reap_stale() == [answer.pk]
+    assert reaper.reap_stale() == [answer.pk]
     after_first = Message.objects.values().get(pk=answer.pk)
-    assert jobs.reap_stale() == []
+    assert reaper.reap_stale() == []
 
     assert Message.objects.values().get(pk=answer.pk) == after_first
     assert after_first["version"] == 6
@@ -392,16 +393,16 @@ def test_two_reapers_racing_on_the_same_stale_answer_change_it_once(alice, gemma
     def atomic_after_the_other_reaper(*args, **kwargs):
         if not other_reaper:
             other_reaper.append(-1)  # mark first, the nested reaper comes through here too
-            other_reaper.extend(jobs.reap_stale())
+            other_reaper.extend(reaper.reap_stale())
         return real_atomic(*args, **kwargs)
 
     monkeypatch.setattr(
-        jobs,
+        reaper,
         "transaction",
         SimpleNamespace(atomic=atomic_after_the_other_reaper, on_commit=transaction.on_commit),
     )
 
-    assert jobs.reap_stale() == []  # it lost the race
+    assert reaper.reap_stale() == []  # it lost the race
     assert other_reaper == [-1, answer.pk]
     row = Message.objects.get(pk=answer.pk)
     assert row.status == Message.Status.QUEUED
@@ -413,14 +414,14 @@ def test_forgotten_queues_are_woken_unless_something_runs_in_the_pool(alice, bob
     queued(alice, gemma, created_at=old)
     queued(bob, cpu_model, created_at=timezone.now())  # just queued: its wake-up is on its way
 
-    assert jobs.wake_forgotten_queues() == [UNSERVED_POOL]
+    assert reaper.wake_forgotten_queues() == [UNSERVED_POOL]
 
     # Something running in the pool means a worker is on it and will take the next job.
     running(queued(bob, gemma), heartbeat_age_s=0)
-    assert jobs.wake_forgotten_queues() == []
+    assert reaper.wake_forgotten_queues() == []
 
     queued(bob, cpu_model, created_at=old)
-    assert jobs.wake_forgotten_queues() == ["cpu"]
+    assert reaper.wake_forgotten_queues() == ["cpu"]
 
 
 # Ownership after reaping --------------------------------------------------------------
@@ -428,7 +429,7 @@ def test_forgotten_queues_are_woken_unless_something_runs_in_the_pool(alice, bob
 
 def test_a_late_checkpoint_of_a_reaped_attempt_raises_and_overwrites_nothing(alice, gemma):
     queued(alice, gemma)
-    answer = jobs.claim_next(UNSERVED_POOL, worker="old-worker")
+    answer = claims.claim_next(UNSERVED_POOL, worker="old-worker")
     old = generation.AnswerStream(answer)
     old.text, old.flushed_chars, old.seq = "old attempt text", 16, 1
     old.checkpoint()  # while it still owns the answer, the checkpoint is saved
@@ -436,9 +437,9 @@ def test_a_late_checkpoint_of_a_reaped_attempt_raises_and_overwrites_nothing(ali
 
     stale = timezone.now() - timedelta(seconds=config.HEARTBEAT_STALE_S + 5)
     Message.objects.filter(pk=answer.pk).update(heartbeat_at=stale)
-    assert jobs.reap_stale() == [answer.pk]
+    assert reaper.reap_stale() == [answer.pk]
 
-    assert not Message.objects.filter(jobs.still_ours(answer)).exists()
+    assert not Message.objects.filter(claims.still_ours(answer)).exists()
     old.text, old.flushed_chars, old.seq = "old attempt text, more", 22, 2
     with pytest.raises(generation.LostOwnership):
         old.checkpoint()
@@ -448,7 +449,7 @@ def test_a_late_checkpoint_of_a_reaped_attempt_raises_and_overwrites_nothing(ali
     assert row.seq == 1
 
     # The next attempt writes on; the old one still cannot touch it.
-    again = jobs.claim_next(UNSERVED_POOL, worker="new-worker")
+    again = claims.claim_next(UNSERVED_POOL, worker="new-worker")
     assert again.pk == answer.pk and again.attempts == 2
     new = generation.AnswerStream(again)
     new.text, new.flushed_chars, new.seq = "new text", 8, 1
@@ -474,14 +475,14 @@ class ReapedMidStream:
         yield TextChunk("old ")
         stale = timezone.now() - timedelta(seconds=config.HEARTBEAT_STALE_S + 5)
         Message.objects.filter(pk=self.answer_pk).update(heartbeat_at=stale)
-        assert jobs.reap_stale() == [self.answer_pk]
+        assert reaper.reap_stale() == [self.answer_pk]
         yield TextChunk("attempt")
         yield Finished(reason="stop", usage=Usage(prompt_tokens=3, completion_tokens=2))
 
 
 def _generate_reaped_mid_stream(gemma, alice, monkeypatch) -> tuple[Message, Message]:
     queued(alice, gemma)
-    answer = jobs.claim_next(UNSERVED_POOL, worker="old-worker")
+    answer = claims.claim_next(UNSERVED_POOL, worker="old-worker")
     monkeypatch.setattr(config, "CHECKPOINT_INTERVAL_S", 0.0)  # every flush checkpoints
     monkeypatch.setattr(generation, "get_backend", lambda name: ReapedMidStream(answer.pk))
     return answer, generation.generate(answer)
@@ -572,10 +573,10 @@ def test_the_heartbeat_thread_keeps_a_running_answer_fresh(alice, gemma, monkeyp
     answer = running(queued(alice, gemma), heartbeat_age_s=config.HEARTBEAT_STALE_S + 5)
     old = answer.heartbeat_at
 
-    with jobs.Heartbeat(answer) as heartbeat:
+    with Heartbeat(answer) as heartbeat:
         beat = _wait_for(lambda: Message.objects.get(pk=answer.pk).heartbeat_at > old)
         assert beat, "no heartbeat within 5 s"
-        assert jobs.reap_stale() == []  # a beating answer is not taken away
+        assert reaper.reap_stale() == []  # a beating answer is not taken away
         first = Message.objects.get(pk=answer.pk).heartbeat_at
         assert _wait_for(lambda: Message.objects.get(pk=answer.pk).heartbeat_at > first)
 
@@ -589,9 +590,9 @@ def test_the_heartbeat_thread_keeps_a_running_answer_fresh(alice, gemma, monkeyp
 def test_the_heartbeat_of_a_reaped_attempt_does_not_revive_it(alice, gemma, monkeypatch):
     monkeypatch.setattr(config, "HEARTBEAT_INTERVAL_S", 0.05)
     answer = running(queued(alice, gemma), heartbeat_age_s=config.HEARTBEAT_STALE_S + 5)
-    assert jobs.reap_stale() == [answer.pk]
+    assert reaper.reap_stale() == [answer.pk]
 
-    with jobs.Heartbeat(answer):
+    with Heartbeat(answer):
         time.sleep(0.4)  # several beats
 
     row = Message.objects.get(pk=answer.pk)
@@ -609,15 +610,14 @@ def test_a_follow_up_waits_until_the_answer_before_it_is_written(alice, gemma):
         _, _, follow_up = services.send_message(
             user=alice, conversation_id=conversation.pk, text="two", model_id=gemma.pk
         )
-    assert jobs.claim_next(UNSERVED_POOL, "w1").pk == first.pk
+    assert claims.claim_next(UNSERVED_POOL, "w1").pk == first.pk
     # The follow-up's prompt must contain the first answer: it is not claimable yet.
-    assert jobs.claim_next(UNSERVED_POOL, "w2") is None
+    assert claims.claim_next(UNSERVED_POOL, "w2") is None
     Message.objects.filter(pk=first.pk).update(status=Message.Status.DONE, content="1")
-    assert jobs.claim_next(UNSERVED_POOL, "w2").pk == follow_up.pk
+    assert claims.claim_next(UNSERVED_POOL, "w2").pk == follow_up.pk
 
 
 def test_reaper_honours_a_stop_pressed_while_the_worker_died(alice, gemma):
-    from workers import stop_flags
 
     _, _, answer = services.send_message(
         user=alice, conversation_id=None, text="hi", model_id=gemma.pk
@@ -628,7 +628,7 @@ def test_reaper_honours_a_stop_pressed_while_the_worker_died(alice, gemma):
     )
     stop_flags.request_stop(answer.pk, 1)
     try:
-        assert jobs.reap_stale() == [answer.pk]
+        assert reaper.reap_stale() == [answer.pk]
     finally:
         stop_flags.clear(answer.pk, 1)
     answer.refresh_from_db()
@@ -641,7 +641,7 @@ def test_queued_answers_of_a_deleted_model_fail_and_free_the_slot(alice, gemma):
         user=alice, conversation_id=None, text="hi", model_id=gemma.pk
     )
     gemma.delete()
-    assert jobs.fail_orphans() == [answer.pk]
+    assert reaper.fail_orphans() == [answer.pk]
     answer.refresh_from_db()
     assert answer.status == Message.Status.FAILED
     assert answer.error == "The model of this answer was deleted."
@@ -653,8 +653,8 @@ def test_heartbeat_ends_a_silent_answer_at_the_time_limit(alice, gemma, monkeypa
     _, _, answer = services.send_message(
         user=alice, conversation_id=None, text="hi", model_id=gemma.pk
     )
-    answer = jobs.claim_next(UNSERVED_POOL, "w")
-    with jobs.Heartbeat(answer) as heartbeat:
+    answer = claims.claim_next(UNSERVED_POOL, "w")
+    with Heartbeat(answer) as heartbeat:
         assert heartbeat.cancelled.wait(timeout=3)  # no token needed to notice
         assert heartbeat.timed_out
 
@@ -663,19 +663,18 @@ def test_heartbeat_ends_a_silent_answer_at_the_time_limit(alice, gemma, monkeypa
 def test_queue_places_are_coalesced_per_pool(alice, bob, gemma, monkeypatch):
     """Thirty changes in a burst cost one round of places for the waiting answers now and
     one at the end of the interval, not thirty rounds."""
-    from tests.chat.test_generation import collect_events
-    from workers import publish
+    from tests.workers.test_generation import collect_events
 
     monkeypatch.setattr(config, "QUEUE_EVENT_INTERVAL_S", 0.5)
     answers = [queued(alice if i % 2 else bob, gemma) for i in range(5)]
 
     def burst() -> None:
         for _ in range(30):
-            jobs.publish_queue(UNSERVED_POOL)
+            queue.publish_queue(UNSERVED_POOL)
             time.sleep(0.01)
-        assert jobs._queue_notices.wait_idle(timeout=5)
+        assert queue._queue_notices.wait_idle(timeout=5)
 
-    groups = [publish.group_name(a.conversation_id) for a in answers]
+    groups = [streams.group_name(a.conversation_id) for a in answers]
     events = [e for e in collect_events(groups, burst) if e["type"] == "message.queue"]
     assert 5 <= len(events) <= 10  # one or two rounds of five
     last = {e["message"]: e["position"] for e in events}
@@ -686,29 +685,27 @@ def test_queue_places_are_coalesced_per_pool(alice, bob, gemma, monkeypatch):
 @pytest.mark.django_db(transaction=True)
 def test_wake_ups_do_not_pile_up_in_a_pool_without_workers(alice, gemma):
     """However often answers arrive or reapers look, one wake-up at most waits per pool."""
-    from webui.chat import wakeups
 
     wakeups._redis().delete(UNSERVED_POOL)
     with override_settings(CORRAL=limits(active=10)):
         for _ in range(5):
             services.send_message(user=alice, conversation_id=None, text="hi", model_id=gemma.pk)
             Message.objects.update(created_at=timezone.now() - timedelta(minutes=5))
-            jobs.wake_forgotten_queues()
+            reaper.wake_forgotten_queues()
     assert wakeups.pending_wakeups(UNSERVED_POOL) == 1
 
 
 def test_a_pool_without_a_live_worker_says_so_instead_of_an_eta(alice, gemma):
-    from webui.chat import wakeups
 
     wakeups._redis().delete(f"corral:workers:{UNSERVED_POOL}")
     answer = queued(alice, gemma)
-    assert jobs.queue_positions(UNSERVED_POOL)[answer.pk]["worker"] is False
-    assert [p["worker_alive"] for p in jobs.pool_overview() if p["pool"] == UNSERVED_POOL] == [
+    assert queue.queue_positions(UNSERVED_POOL)[answer.pk]["worker"] is False
+    assert [p["worker_alive"] for p in queue.pool_overview() if p["pool"] == UNSERVED_POOL] == [
         False
     ]
     wakeups.note_worker_alive(UNSERVED_POOL, "w1", for_s=30)
     try:
-        assert jobs.queue_positions(UNSERVED_POOL)[answer.pk]["worker"] is True
+        assert queue.queue_positions(UNSERVED_POOL)[answer.pk]["worker"] is True
     finally:
         wakeups.forget_worker(UNSERVED_POOL, "w1")
-    assert jobs.queue_positions(UNSERVED_POOL)[answer.pk]["worker"] is False
+    assert queue.queue_positions(UNSERVED_POOL)[answer.pk]["worker"] is False

@@ -10,10 +10,9 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from django.db import transaction
-from django.db.models import F
+from django.db import close_old_connections
 from django.db.models.functions import Now
 from pydantic import ValidationError
 
@@ -23,19 +22,23 @@ from inference import (
     Finished,
     GenerationRequest,
     ModelSpec,
+    Role,
     SamplingOptions,
     get_backend,
 )
 from webui import config
-from webui.chat import answer_records, jobs, selectors
+from webui.chat import queue, selectors, stop_flags, streams, wakeups
+from webui.chat.endings import end_answer
 from webui.chat.models import LanguageModel, Message
-from webui.chat.services import publish_message
-from workers import publish, stop_flags
+from workers.claims import claim_next, still_ours, wake_follow_ups
+from workers.heartbeat import Heartbeat
+from workers.outages import DATABASE_DOWN, until_database_returns
 
 logger = logging.getLogger("corral.generation")
 
 
 TITLES_PER_WAKE = 10
+INTERNAL_ERROR = "Internal error: the worker could not finish this answer (details in its log)."
 
 
 class LostOwnership(Exception):
@@ -65,7 +68,7 @@ def build_request(answer: Message) -> GenerationRequest:
     messages = list(answer.conversation.messages.all())
     parent = next((m for m in messages if m.pk == answer.parent_id), None)
     history = tuple(
-        ChatMessage(role=message.role, content=message.content)
+        ChatMessage(role=cast(Role, message.role), content=message.content)
         for message in selectors.branch_to(parent, messages)
         if message.content  # a failed answer with no text says nothing to the model
     )
@@ -103,6 +106,7 @@ class AnswerStream:
     first_token: float | None = None
     _last_flush: float = 0.0
     _last_checkpoint: float = field(default_factory=time.monotonic)
+    checkpoint_failing: bool = False
 
     def add(self, chunk: str) -> bool:
         """Append a chunk; return True when the caller should flush now."""
@@ -117,8 +121,8 @@ class AnswerStream:
         if self.flushed_chars == len(self.text):
             return
         self.seq += 1
-        publish.publish_delta(
-            publish.Delta(
+        streams.publish_delta(
+            streams.Delta(
                 conversation_id=self.answer.conversation_id,
                 message_id=self.answer.pk,
                 attempt=self.answer.attempts,
@@ -133,11 +137,23 @@ class AnswerStream:
             self.checkpoint()
 
     def checkpoint(self) -> None:
-        # Text and seq move together: a reconnecting client adds the deltas after seq.
-        saved = Message.objects.filter(jobs.still_ours(self.answer)).update(
-            content=self.text[: self.flushed_chars], seq=self.seq, heartbeat_at=Now()
-        )
+        """Save the text delivered so far. While the database is down the answer goes on
+        (its deltas travel through Redis) and the next flush tries again."""
         self._last_checkpoint = time.monotonic()
+        try:
+            # Text and seq move together: a reconnecting client adds the deltas after seq.
+            saved = Message.objects.filter(still_ours(self.answer)).update(
+                content=self.text[: self.flushed_chars], seq=self.seq, heartbeat_at=Now()
+            )
+        except DATABASE_DOWN:
+            if not self.checkpoint_failing:
+                logger.warning(
+                    "answer %s: checkpoint failed, generating on", self.answer.pk, exc_info=True
+                )
+            self.checkpoint_failing = True
+            close_old_connections()
+            return
+        self.checkpoint_failing = False
         if not saved:
             raise LostOwnership
 
@@ -145,9 +161,9 @@ class AnswerStream:
 def run_next(pool: str, worker: str) -> Message | None:
     """Claim the fairest queued answer of ``pool`` and generate it in this thread; None if
     none waits. (Workers run several at once: ``workers.serving``.)"""
-    from webui.chat import titles  # titles builds on this module
+    from workers import titles  # titles build on this module
 
-    answer = jobs.claim_next(pool, worker)
+    answer = claim_next(pool, worker)
     if answer is None:
         # Nothing waits: write titles, the low-priority work, until an answer arrives.
         for _ in range(TITLES_PER_WAKE):
@@ -156,26 +172,26 @@ def run_next(pool: str, worker: str) -> Message | None:
         return None
     try:
         # Everyone behind moved up: told from the heartbeat thread, off the first token's path.
-        with jobs.Heartbeat(answer, first=lambda: jobs.publish_queue(pool)) as heartbeat:
+        with Heartbeat(answer, first=lambda: queue.publish_queue(pool)) as heartbeat:
             answer = generate(answer, heartbeat.cancelled, heartbeat)
-        jobs.wake_follow_ups(answer)
+        wake_follow_ups(answer)
         titles.request_title(answer)
         return answer
     finally:
         # Follow-ups that waited for this answer can run now, or titles: wake a worker.
-        if jobs.queue_of(pool) or titles.pending_in(pool):
-            jobs.wake(pool)
+        if queue.queue_of(pool) or titles.pending_in(pool):
+            wakeups.wake(pool)
 
 
 def generate(
     answer: Message,
     cancelled: threading.Event | None = None,
-    heartbeat: jobs.Heartbeat | None = None,
+    heartbeat: Heartbeat | None = None,
 ) -> Message:
     """Stream a claimed answer, then save the outcome. ``cancelled`` is Stop, pressed (or
     the heartbeat's time limit, which it then reports as ``timed_out``)."""
     cancelled = cancelled or threading.Event()
-    publish_message(answer)
+    streams.publish_message(answer)
     # A continued answer starts from its checkpoint: same text, seq counting on.
     stream = AnswerStream(
         answer, text=answer.content, seq=answer.seq, flushed_chars=len(answer.content)
@@ -185,7 +201,7 @@ def generate(
     try:
         if answer.model is None:
             raise BackendError("The model of this answer was deleted.")
-        request = build_request(answer)
+        request = until_database_returns(lambda: build_request(answer))
         items = get_backend(answer.model.backend).stream(request, cancelled)
         try:
             for item in items:
@@ -203,12 +219,15 @@ def generate(
     except LostOwnership:
         return _drop_attempt(answer)
     except BackendError as exc:
+        logger.warning("answer %s failed: %s %s", answer.pk, exc, exc.detail)
         status, error = Message.Status.FAILED, str(exc)
         if cancelled.is_set():  # the upstream connection was closed on purpose
             status, error = Message.Status.STOPPED, _why_stopped(heartbeat)
-    except Exception as exc:
+    except Exception:
+        # The person sees that it failed; the details (which may name hosts, connection
+        # strings or driver messages) go to the worker's log only.
         logger.exception("answer %s failed", answer.pk)
-        status, error = Message.Status.FAILED, f"Internal error: {type(exc).__name__}: {exc}"
+        status, error = Message.Status.FAILED, INTERNAL_ERROR
     try:
         stream.flush()  # whatever the error left unsent
     except LostOwnership:
@@ -216,7 +235,7 @@ def generate(
     return _save_outcome(stream, finished, status, error)
 
 
-def _why_stopped(heartbeat: jobs.Heartbeat | None) -> str:
+def _why_stopped(heartbeat: Heartbeat | None) -> str:
     if heartbeat is not None and heartbeat.timed_out:
         return f"Stopped at the time limit of {config.MAX_GENERATION_S:g} s."
     return "Stopped by the user."
@@ -235,15 +254,9 @@ def _save_outcome(
 ) -> Message:
     answer = stream.answer
     ended = time.monotonic()
-    fields: dict[str, Any] = {
-        "content": stream.text,
-        "seq": stream.seq,
-        "status": status,
-        "error": error,
-        "finished_at": Now(),
-    }
+    fields: dict[str, Any] = {"content": stream.text, "seq": stream.seq}
     if status == Message.Status.DONE and finished and finished.reason == "length":
-        fields["error"] = "Stopped at the maximum number of tokens."
+        error = "Stopped at the maximum number of tokens."
     if finished is not None:
         fields["prompt_tokens"] = finished.usage.prompt_tokens
         fields["completion_tokens"] = finished.usage.completion_tokens
@@ -256,17 +269,20 @@ def _save_outcome(
         if tokens > 1 and generating_s > 0:
             fields["tokens_per_second"] = round((tokens - 1) / generating_s, 2)
     attempt = answer.attempts
-    with transaction.atomic():
-        saved = Message.objects.filter(jobs.still_ours(answer)).update(
-            **fields, version=F("version") + 1
+    try:
+        # The answer is over whatever the database says now: its ending waits for it.
+        saved = until_database_returns(
+            lambda: end_answer(answer, status, error, only=still_ours(answer), **fields)
         )
-        if not saved:
-            # Reaped (re-queued, maybe re-claimed) or deleted while it ran: the row is
-            # another attempt's now, and so is its stop flag.
-            return _drop_attempt(answer)
-        answer.refresh_from_db()
-        answer_records.record_outcome(answer)
-        publish_message(answer)
+    except DATABASE_DOWN:
+        # Still down: the attempt stays "running" without a heartbeat, so the reaper
+        # continues it (or runs it again) once the database is back.
+        logger.error("answer %s: could not save its ending", answer.pk, exc_info=True)
+        return answer
+    if not saved:
+        # Reaped (re-queued, maybe re-claimed) or deleted while it ran: the row is another
+        # attempt's now, and so is its stop flag.
+        return _drop_attempt(answer)
     stop_flags.clear(answer.pk, attempt)
-    publish.flush(timeout=2)  # a pool child may exit after this job: send what is queued
+    streams.flush(timeout=2)  # a pool child may exit after this job: send what is queued
     return answer

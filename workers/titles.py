@@ -12,15 +12,22 @@ import re
 import threading
 import time
 from datetime import datetime, timedelta
+from typing import cast
 
 from django.db.models.functions import Now
 
-from inference import BackendError, ChatMessage, GenerationRequest, SamplingOptions, get_backend
+from inference import (
+    BackendError,
+    ChatMessage,
+    GenerationRequest,
+    Role,
+    SamplingOptions,
+    get_backend,
+)
 from webui import config
-from webui.chat import selectors
-from webui.chat.generation import model_spec
+from webui.chat import selectors, streams
 from webui.chat.models import Conversation, Message, TitleStatus
-from workers import publish
+from workers.generation import model_spec
 
 logger = logging.getLogger("corral.titles")
 
@@ -74,7 +81,7 @@ def title_request(conversation: Conversation) -> GenerationRequest:
     assert conversation.model is not None
     branch, _ = selectors.current_branch(conversation)
     excerpt = tuple(
-        ChatMessage(role=m.role, content=m.content[:EXCERPT_CHARS])
+        ChatMessage(role=cast(Role, m.role), content=m.content[:EXCERPT_CHARS])
         for m in branch[:2]
         if m.content and m.role in (Message.Role.USER, Message.Role.ASSISTANT)
     )
@@ -113,7 +120,7 @@ def run_next_title(pool: str, give_way: threading.Event | None = None) -> Conver
             title_status=TitleStatus.PENDING
         )
         return conversation
-    fields = {"title_status": TitleStatus.AUTO}
+    fields: dict[str, str] = {"title_status": TitleStatus.AUTO}
     if title:
         fields["title"] = title
     # Conditional: a rename while the model was writing wins.
@@ -121,7 +128,7 @@ def run_next_title(pool: str, give_way: threading.Event | None = None) -> Conver
         pk=conversation.pk, title_status=TitleStatus.RUNNING
     ).update(**fields)
     if saved and title:
-        publish.publish_user_event(
+        streams.publish_user_event(
             conversation.owner_id,
             {"type": "conversation.title", "conversation": conversation.pk, "title": title},
         )

@@ -9,18 +9,18 @@ import time
 import pytest
 
 from tests.chat.conftest import UNSERVED_POOL
-from tests.chat.test_generation import collect_events, ollama_model
 from tests.ollama_server import OllamaTestServer
-from webui.chat import services, titles
-from webui.chat.generation import run_next
+from tests.workers.test_generation import collect_events, ollama_model
+from webui.chat import services, streams
 from webui.chat.models import Conversation, Message, TitleStatus
-from workers import publish
+from workers import titles
+from workers.generation import run_next
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def _title_events(user_id: int, run) -> list[dict]:
-    return collect_events(publish.user_group_name(user_id), run)
+    return collect_events(streams.user_group_name(user_id), run)
 
 
 def test_the_first_answer_gets_a_title_written_by_the_model(alice, gemma):

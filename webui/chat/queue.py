@@ -1,0 +1,231 @@
+"""The queue of each pool: the order workers take answers in, places and ETAs, and the
+coalesced events that tell waiting answers their place. Workers claim in this order;
+the pages and sockets show it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections import defaultdict
+from datetime import datetime
+from typing import Any
+
+from django.db import connection
+from django.db.models import Avg, Max
+
+from webui import config
+from webui.chat import streams, wakeups
+from webui.chat.models import Message
+from webui.chat.pools import POOLS
+from webui.chat.streams import QueueEvent, QueuePlace
+
+logger = logging.getLogger("corral.queue")
+
+
+def _queued_in(pool: str) -> list[Message]:
+    return list(
+        Message.objects.filter(
+            role=Message.Role.ASSISTANT, status=Message.Status.QUEUED, model__pool=pool
+        )
+        .select_related("conversation", "model", "parent__parent")
+        .order_by("created_at", "pk")
+    )
+
+
+def fair_order(queued: list[Message], last_start: dict[int, datetime]) -> list[Message]:
+    """Round-robin across users: everyone's first waiting job, then everyone's second…;
+    within a round, the user who was served longest ago goes first."""
+    nth: dict[int, int] = defaultdict(int)
+    keyed = []
+    for message in queued:  # oldest first
+        owner = message.conversation.owner_id
+        served = last_start.get(owner)
+        keyed.append(
+            (
+                (
+                    nth[owner],
+                    served is not None,
+                    served or message.created_at,
+                    message.created_at,
+                    message.pk,
+                ),
+                message,
+            )
+        )
+        nth[owner] += 1
+    return [message for _, message in sorted(keyed, key=lambda pair: pair[0])]
+
+
+def anything_queued(pool: str) -> bool:
+    """One cheap query: whether any answer waits in the pool (before ordering them)."""
+    return Message.objects.filter(
+        role=Message.Role.ASSISTANT, status=Message.Status.QUEUED, model__pool=pool
+    ).exists()
+
+
+def queue_of(pool: str) -> list[Message]:
+    """The pool's queued answers in the order workers will take them."""
+    queued = _queued_in(pool)
+    if len(queued) < 2:
+        return queued  # nothing to order (the common case at idle: one query, not two)
+    owners = {m.conversation.owner_id for m in queued}
+    rows = (
+        Message.objects.filter(
+            conversation__owner_id__in=owners, model__pool=pool, started_at__isnull=False
+        )
+        .values("conversation__owner_id")
+        .annotate(last=Max("started_at"))
+    )
+    return fair_order(queued, {row["conversation__owner_id"]: row["last"] for row in rows})
+
+
+def waits_for_earlier_answer(answer: Message) -> bool:
+    """True while the answer before ``answer``'s question is queued or running: its
+    prompt must contain that answer. (``answer`` comes from ``queue_of``, which loaded its
+    parent and grandparent.)"""
+    question = answer.parent
+    earlier = question.parent if question is not None else None
+    return earlier is not None and earlier.status in Message.ACTIVE
+
+
+def expected_answer_seconds(pool: str) -> float | None:
+    """From the last answers of the pool: their length over their measured tokens/s."""
+    recent = Message.objects.filter(
+        model__pool=pool, status=Message.Status.DONE, tokens_per_second__gt=0
+    ).order_by("-finished_at")[:20]
+    stats = Message.objects.filter(pk__in=list(recent.values_list("pk", flat=True))).aggregate(
+        tokens=Avg("completion_tokens"), rate=Avg("tokens_per_second")
+    )
+    if not stats["tokens"] or not stats["rate"]:
+        return None
+    return float(stats["tokens"] / stats["rate"])
+
+
+def _places(pool: str) -> list[tuple[Message, QueuePlace]]:
+    order = queue_of(pool)
+    if not order:
+        return []
+    per_answer = expected_answer_seconds(pool)
+    # Workers run several answers at once: the queue drains that many at a time.
+    slots = max(1, Message.objects.filter(status=Message.Status.RUNNING, model__pool=pool).count())
+    # False only when Redis says no worker of the pool is alive: the page says so.
+    worker = wakeups.has_live_worker(pool) is not False
+    return [
+        (
+            message,
+            {
+                "pool": pool,
+                "position": index,
+                "eta_s": round(index * per_answer / slots) if per_answer and worker else None,
+                "worker": worker,
+            },
+        )
+        for index, message in enumerate(order, start=1)
+    ]
+
+
+def queue_positions(pool: str) -> dict[int, QueuePlace]:
+    """Position (1 = next) and an ETA in seconds for every queued answer of the pool."""
+    return {message.pk: place for message, place in _places(pool)}
+
+
+def publish_queue(pool: str) -> None:
+    """Tell every waiting answer of the pool its new place, soon: requests are coalesced
+    per pool, so however many changes come, the pool's answers hear at most once per
+    ``CORRAL_QUEUE_EVENT_INTERVAL_S`` (call it after commit)."""
+    _queue_notices.request(pool)
+
+
+class _QueueNotices:
+    """One thread per process sends queue places, a round per pool at most once per
+    interval: the first change at once, later ones together at the end of the interval."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._due: dict[str, float] = {}
+        self._last_round: dict[str, float] = {}
+        self._sending = False
+        self._pid: int | None = None
+
+    def request(self, pool: str) -> None:
+        with self._lock:
+            if self._pid != os.getpid():  # a forked pool child needs its own thread
+                self._pid, self._due, self._last_round = os.getpid(), {}, {}
+                threading.Thread(target=self._run, name="corral-queue-events", daemon=True).start()
+            if pool not in self._due:
+                since = self._last_round.get(pool, -math.inf)
+                self._due[pool] = max(time.monotonic(), since + config.QUEUE_EVENT_INTERVAL_S)
+                self._lock.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._due:
+                    self._lock.wait()
+                pool, due = min(self._due.items(), key=lambda item: item[1])
+                wait = due - time.monotonic()
+                if wait > 0:
+                    self._lock.wait(wait)
+                    continue
+                del self._due[pool]
+                self._last_round[pool] = time.monotonic()
+                self._sending = True
+            try:
+                for message, place in _places(pool):
+                    event: QueueEvent = {"type": "message.queue", "message": message.pk, **place}
+                    streams.publish_event(message.conversation_id, event)
+            except Exception:
+                logger.warning("could not publish the %s queue", pool, exc_info=True)
+            finally:
+                connection.close()  # this thread's own connection
+                with self._lock:
+                    self._sending = False
+
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """Until every requested round was sent (tests)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._due and not self._sending:
+                    return True
+            time.sleep(0.02)
+        return False
+
+
+_queue_notices = _QueueNotices()
+
+
+def pool_overview() -> list[dict[str, Any]]:
+    """For the admins' queue page: per pool, what runs and what waits, in order."""
+    overview = []
+    for pool in POOLS:
+        running = (
+            Message.objects.filter(status=Message.Status.RUNNING, model__pool=pool)
+            .select_related("conversation__owner", "model")
+            .order_by("started_at")
+        )
+        overview.append(
+            {
+                "pool": pool,
+                "running": list(running),
+                "queued": _places_with_owner(pool),
+                "seconds_per_answer": expected_answer_seconds(pool),
+                "worker_alive": wakeups.has_live_worker(pool),
+            }
+        )
+    return overview
+
+
+def _places_with_owner(pool: str) -> list[tuple[Message, QueuePlace]]:
+    places = _places(pool)
+    owners = {
+        m.pk: m
+        for m in Message.objects.filter(pk__in=[m.pk for m, _ in places]).select_related(
+            "conversation__owner", "model"
+        )
+    }
+    return [(owners[m.pk], place) for m, place in places]

@@ -1,0 +1,69 @@
+"""Answers as durable jobs: taking one from the queue, and knowing it is still ours.
+
+The assistant message row *is* the job: status (queued → running → done | failed |
+stopped), attempts, the worker holding it, a heartbeat, and the text so far. Celery
+messages only wake a worker of a pool up ("run the next job of pool X"); the worker then
+claims the fairest queued job from the database. So a lost, duplicated or redelivered
+Celery message can never lose an answer or make a second one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.db.models import F, Q
+from django.db.models.functions import Now
+
+from webui.chat import queue, streams, wakeups
+from webui.chat.models import Message
+
+
+def claim_next(
+    pool: str, worker: str, fits: Callable[[Message], bool] | None = None
+) -> Message | None:
+    """Take the fairest queued answer of the pool, or None when nothing waits.
+
+    A follow-up waits while the answer before it is still being written: its prompt must
+    contain that answer. ``fits`` says whether the worker can run an answer beside those it
+    runs; when the fairest one does not fit, nothing is taken (it must not be overtaken
+    forever by answers that do)."""
+    for candidate in queue.queue_of(pool):
+        if queue.waits_for_earlier_answer(candidate):
+            continue
+        if fits is not None and not fits(candidate):
+            return None
+        claimed = Message.objects.filter(pk=candidate.pk, status=Message.Status.QUEUED).update(
+            status=Message.Status.RUNNING,
+            # The database's clock, as for every heartbeat and the reaper: a worker host
+            # whose clock is off changes nothing.
+            started_at=Now(),
+            heartbeat_at=Now(),
+            worker=worker,
+            attempts=F("attempts") + 1,
+            version=F("version") + 1,
+        )
+        if claimed:  # else another worker took it first: try the next one
+            answer = Message.objects.select_related("model", "conversation").get(pk=candidate.pk)
+            streams.reset_replay(answer.pk, answer.attempts)
+            return answer
+    return None
+
+
+def still_ours(answer: Message) -> Q:
+    """Rows this attempt may still write: a reaper may have re-queued or failed it."""
+    return Q(pk=answer.pk, status=Message.Status.RUNNING, attempts=answer.attempts)
+
+
+def wake_follow_ups(answer: Message) -> list[str]:
+    """Queued follow-ups waited for ``answer`` to end; those of other pools have no
+    worker watching for that, so wake one there. (In its own pool, the worker that ran
+    ``answer`` claims them.)"""
+    pool = answer.model.pool if answer.model is not None else None
+    pools = set(
+        Message.objects.filter(status=Message.Status.QUEUED, parent__parent_id=answer.pk)
+        .exclude(model=None)
+        .values_list("model__pool", flat=True)
+    ) - {pool}
+    for other in sorted(pools):
+        wakeups.wake(other)
+    return sorted(pools)

@@ -1,0 +1,88 @@
+"""The heartbeat beside each running answer: it beats, polls Stop and keeps the time limit."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from django.db import close_old_connections, connection
+from django.db.models.functions import Now
+
+from webui import config
+from webui.chat import stop_flags
+from webui.chat.models import Message
+from workers.claims import still_ours
+
+logger = logging.getLogger("corral.heartbeat")
+
+STOP_POLL_S = 0.25
+
+
+class Heartbeat:
+    """A thread beside one running answer. It beats, so long prompt evaluations and slow
+    upstream servers do not look like a lost worker, and it polls the stop flag, so Stop
+    lands within a second even while no token arrives: it sets ``cancelled``, which the
+    generation loop and the backend watch."""
+
+    def __init__(self, answer: Message, first: Callable[[], None] | None = None) -> None:
+        """``first`` runs in the thread as it starts: work that must not delay the first
+        token (telling the rest of the queue that it moved up)."""
+        self.answer = answer
+        self._first = first
+        self.cancelled = threading.Event()
+        # Set with ``cancelled`` when the answer ran past CORRAL_MAX_GENERATION_S, even if
+        # the backend went silent and no token arrives to check it.
+        self.timed_out = False
+        # Set with ``cancelled`` when a beat found the attempt no longer ours.
+        self.lost = False
+        self._deadline = time.monotonic() + config.MAX_GENERATION_S
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="corral-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        last_beat = time.monotonic()
+        try:
+            if self._first is not None:
+                try:
+                    self._first()
+                except Exception:
+                    logger.warning("could not publish the queue", exc_info=True)
+            while not self._stop.wait(min(STOP_POLL_S, config.HEARTBEAT_INTERVAL_S)):
+                if stop_flags.stop_requested(self.answer.pk, self.answer.attempts):
+                    self.cancelled.set()
+                if time.monotonic() > self._deadline:
+                    self.timed_out = True
+                    self.cancelled.set()
+                if time.monotonic() - last_beat < config.HEARTBEAT_INTERVAL_S:
+                    continue
+                if time.monotonic() > self._deadline + config.HEARTBEAT_STALE_S:
+                    # Past the time limit and still not ended: the backend call hangs.
+                    # Silence lets the reaper end the answer.
+                    logger.warning("answer %s hangs past its time limit", self.answer.pk)
+                    return
+                try:  # a failed beat (a locked or restarting database) must not end them
+                    beat = Message.objects.filter(still_ours(self.answer)).update(
+                        heartbeat_at=Now()
+                    )
+                    last_beat = time.monotonic()
+                except Exception:
+                    logger.warning("heartbeat of answer %s failed", self.answer.pk, exc_info=True)
+                    close_old_connections()
+                    continue
+                if not beat:
+                    # Reaped, stopped or deleted: this attempt is not ours to write any more.
+                    self.lost = True
+                    self.cancelled.set()
+                    return
+        finally:
+            connection.close()  # this thread's own connection
