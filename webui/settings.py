@@ -63,7 +63,16 @@ TEMPLATES = [
 ]
 
 _default_db = f"sqlite:///{config.DATA_DIR / 'corral.sqlite3'}"
-DATABASES = {"default": dj_database_url.parse(config.DATABASE_URL or _default_db, conn_max_age=0)}
+# Connections are kept between requests and tasks (opening one costs milliseconds on every
+# message sent and every answer claimed), and checked before reuse: one broken by a
+# database restart is replaced, not used.
+DATABASES = {
+    "default": dj_database_url.parse(
+        config.DATABASE_URL or _default_db,
+        conn_max_age=config.DB_CONN_MAX_AGE_S,
+        conn_health_checks=True,
+    )
+}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Web, worker and tests write at once: WAL lets readers through, IMMEDIATE avoids
     # lock upgrades failing, and the timeout waits out short writes instead of erroring.

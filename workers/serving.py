@@ -137,14 +137,14 @@ def serve(pool: str, worker: str) -> int:
     while True:
         running = slots.running()
         try:
-            queued = queue.anything_queued(pool)
-            if queued and slots.has_room():
-                answer = claim_next(pool, worker, fits=slots.fits)
-                if answer is not None:
-                    slots.give_way.set()  # a title being written stops for it
-                    slots.start(answer)
-                    served += 1
-                    continue
+            # Claiming is the first query: on a wake-up, the answer's first token waits for it.
+            answer = claim_next(pool, worker, fits=slots.fits) if slots.has_room() else None
+            queued = answer is not None or queue.anything_queued(pool)
+            if answer is not None:
+                slots.give_way.set()  # a title being written stops for it
+                slots.start(answer)
+                served += 1
+                continue
             down_since = None
         except DATABASE_DOWN:
             if down_since is None:

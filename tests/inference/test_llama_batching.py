@@ -125,3 +125,48 @@ def test_a_long_prompt_joins_while_others_stream(gemma_path):
     )
     assert results[1][1].usage.prompt_tokens > 300
     assert results[0][0] and results[1][0]
+
+
+def greedy(path: Path, *messages: ChatMessage, settings=SETTINGS) -> GenerationRequest:
+    return GenerationRequest(
+        model=ModelSpec("llama_cpp", str(path), settings),
+        messages=messages,
+        options=SamplingOptions(max_tokens=16, temperature=0.0, repeat_penalty=1.0),
+    )
+
+
+def test_a_follow_up_reuses_the_cells_of_its_conversation(gemma_path):
+    """The prompt cache: a follow-up (the question, its answer, a new question) evaluates
+    only what its conversation has not put in the KV cache yet, even with another
+    conversation in between. It writes what llama-cpp-python writes when it reuses its own
+    cache the same way (a token decoded alone and the same token in a prompt batch differ
+    in the last bits, so the cells are not those of a fresh context)."""
+    from llama_cpp import Llama
+
+    backend = get_backend("llama_cpp")
+    own = {**SETTINGS, "batch_size": 3}  # a context of its own: no earlier test's cells
+    first, first_end = answer(backend.stream(greedy(gemma_path, QUESTION, settings=own)))
+    engine = backend._engine
+    assert engine.reused_tokens == 0
+    other = ChatMessage("user", "Name three kinds of cheese.")
+    answer(backend.stream(greedy(gemma_path, other, settings=own)))  # another free id
+    follow_up = (QUESTION, ChatMessage("assistant", first), ChatMessage("user", "And then?"))
+    cached_text, end = answer(backend.stream(greedy(gemma_path, *follow_up, settings=own)))
+    assert engine.reused_tokens >= first_end.usage.prompt_tokens
+    assert end.usage.prompt_tokens > first_end.usage.prompt_tokens  # counted whole
+
+    llm = Llama(
+        model_path=str(gemma_path), n_ctx=512, n_threads=2, chat_format="gemma", verbose=False
+    )
+
+    def raw(*messages: ChatMessage) -> str:
+        out = llm.create_chat_completion(
+            messages=[{"role": m.role, "content": m.content} for m in messages],
+            max_tokens=16,
+            temperature=0.0,
+            repeat_penalty=1.0,
+        )
+        return out["choices"][0]["message"]["content"] or ""
+
+    assert raw(QUESTION) == first
+    assert raw(*follow_up) == cached_text and cached_text
