@@ -87,6 +87,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--keep", action="store_true", help="keep the private DATA_DIR (database, stack.log)"
     )
+    parser.add_argument(
+        "--model", default="", help="a GGUF file (default: the packaged Gemma, gemma format)"
+    )
+    parser.add_argument("--n-gpu-layers", type=int, default=0, help="-1: every layer")
+    parser.add_argument(
+        "--batch-size", type=int, default=0, help="answers per worker process (0: default)"
+    )
+    parser.add_argument("--n-ctx", type=int, default=0, help="context per answer (0: default)")
     args = parser.parse_args()
     args.round_sizes = [int(n) for n in args.rounds.split(",") if n] or [args.clients]
     args.clients = max(args.round_sizes)
@@ -99,8 +107,9 @@ RAW_SCRIPT = """
 import sys, time
 from llama_cpp import Llama
 path, tokens, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+n_gpu_layers, chat_format = int(sys.argv[4]), sys.argv[5] or None
 llm = Llama(model_path=path, n_ctx=4096, n_threads=threads, n_threads_batch=threads,
-            chat_format="gemma", verbose=False)
+            n_gpu_layers=n_gpu_layers, chat_format=chat_format, verbose=False)
 rates = []
 for i in range(3):
     messages = [{"role": "user", "content": f"In one or two sentences, tell me something "
@@ -115,11 +124,22 @@ print(sorted(rates)[1])
 """
 
 
-def raw_tok_s(model_path: str, tokens: int, threads: int) -> float:
+def raw_tok_s(
+    model_path: str, tokens: int, threads: int, n_gpu_layers: int = 0, chat_format: str = ""
+) -> float:
     """Raw llama-cpp-python, one answer alone, median of three (chunks per second, prompt
     evaluation included, as a client of Corral counts)."""
     out = subprocess.run(
-        [sys.executable, "-c", RAW_SCRIPT, model_path, str(tokens), str(threads)],
+        [
+            sys.executable,
+            "-c",
+            RAW_SCRIPT,
+            model_path,
+            str(tokens),
+            str(threads),
+            str(n_gpu_layers),
+            chat_format,
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -399,16 +419,29 @@ def main() -> None:
         from tests.conftest import free_port
         from tests.e2e.helpers import login_cookie
         from webui import config
+        from webui.chat.models import LanguageModel
         from webui.chat.services import prepare_default_model
 
-        model = prepare_default_model()  # the default Gemma, as `make run` registers it
+        if args.model:  # its own chat template
+            model = LanguageModel.objects.create(
+                name="bench", backend="llama_cpp", target=args.model
+            )
+        else:
+            model = prepare_default_model()  # the default Gemma, as `make run` registers it
         model.parameters = {"max_tokens": args.tokens, "temperature": 0.0, "seed": 1}
-        if args.threads:
-            model.settings = {**model.settings, "n_threads": args.threads}
+        extra = {"n_threads": args.threads, "n_gpu_layers": args.n_gpu_layers}
+        extra.update(batch_size=args.batch_size, n_ctx=args.n_ctx)
+        model.settings = {**model.settings, **{k: v for k, v in extra.items() if v}}
         model.save(update_fields=["parameters", "settings"])
         if args.raw:
             log("raw llama-cpp-python, one answer alone…")
-            raw = raw_tok_s(model.target, args.tokens, args.threads or config.N_THREADS)
+            raw = raw_tok_s(
+                model.target,
+                args.tokens,
+                args.threads or config.N_THREADS,
+                args.n_gpu_layers,
+                model.settings.get("chat_format", ""),
+            )
         users_model = get_user_model()
         users = [
             users_model.objects.create_user(f"user{chr(65 + i)}", password="bench-password-123")
@@ -449,7 +482,8 @@ def main() -> None:
                 r["ratio_to_raw"] = rounded((r["aggregate_tok_s"] or 0) / raw, 2)
         for r in rounds:
             r["n_threads"] = args.threads or config.N_THREADS
-            r["batch_size"] = config.BATCH_SIZE
+            r["batch_size"] = args.batch_size or config.BATCH_SIZE
+            r["n_gpu_layers"] = args.n_gpu_layers
         ok = True
     except KeyboardInterrupt:
         log("interrupted")
