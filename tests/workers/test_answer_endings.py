@@ -115,17 +115,23 @@ def test_stop_reaches_the_new_attempt_when_the_answer_was_rerun_meanwhile(
         stop_flags.clear(answer.pk, 2)
 
 
+def sent_and_run(user, model) -> Message:
+    """A question sent, its answer run to its end in this thread, as saved."""
+    _, _, answer = services.send_message(
+        user=user, conversation_id=None, text="hi", model_id=model.pk
+    )
+    generation.run_next(UNSERVED_POOL, worker="test")
+    answer.refresh_from_db()
+    return answer
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_backend_failing_after_the_time_limit_says_time_limit(alice, gemma, monkeypatch):
     """The time limit cancels a silent backend, whose read then fails: the answer says it
     hit the time limit, not that the person stopped it."""
     monkeypatch.setattr(config, "MAX_GENERATION_S", 0.5)
     monkeypatch.setattr(generation, "get_backend", lambda name: FailsWhenCancelled())
-    _, _, answer = services.send_message(
-        user=alice, conversation_id=None, text="hi", model_id=gemma.pk
-    )
-    generation.run_next(UNSERVED_POOL, worker="test")
-    answer.refresh_from_db()
+    answer = sent_and_run(alice, gemma)
     assert answer.status == Message.Status.STOPPED
     assert answer.error == "Stopped at the time limit of 0.5 s."
 
@@ -196,11 +202,7 @@ def test_an_unexpected_error_keeps_the_text_and_shows_no_internals(
     alice, gemma, monkeypatch, caplog
 ):
     monkeypatch.setattr(generation, "get_backend", lambda name: BreaksUnexpectedly())
-    _, _, answer = services.send_message(
-        user=alice, conversation_id=None, text="hi", model_id=gemma.pk
-    )
-    generation.run_next(UNSERVED_POOL, worker="test")
-    answer.refresh_from_db()
+    answer = sent_and_run(alice, gemma)
     assert answer.status == Message.Status.FAILED
     assert answer.content == "Partial "
     assert answer.error == generation.INTERNAL_ERROR
@@ -215,11 +217,7 @@ def test_an_unreachable_ollama_server_is_named_in_the_log_not_the_answer(alice, 
 
     host = f"http://127.0.0.1:{closed_port()}"
     model = ollama_model("ollama/gone", "llama3.2:1b", host)
-    _, _, answer = services.send_message(
-        user=alice, conversation_id=None, text="hi", model_id=model.pk
-    )
-    generation.run_next(UNSERVED_POOL, worker="test")
-    answer.refresh_from_db()
+    answer = sent_and_run(alice, model)
     assert answer.status == Message.Status.FAILED
     assert answer.error == "The Ollama server is unreachable."
     assert host in caplog.text
