@@ -35,7 +35,7 @@ import redis
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.core.exceptions import ValidationError
-from django.db import DatabaseError
+from django.db import InterfaceError, OperationalError
 
 from webui.accounts.models import Profile
 from webui.accounts.selectors import session_user
@@ -162,7 +162,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             return
         try:
             await self.receive_json(content)
-        except DatabaseError:
+        except (OperationalError, InterfaceError):  # the database is down or restarting
             # The socket stays open: deltas still arrive through Redis meanwhile.
             logger.warning("a socket message failed: database error", exc_info=True)
             await self._error(DATABASE_DOWN, getattr(content, "request", None))
