@@ -429,8 +429,12 @@ def main() -> None:
         else:
             model = prepare_default_model()  # the default Gemma, as `make run` registers it
         model.parameters = {"max_tokens": args.tokens, "temperature": 0.0, "seed": 1}
-        extra = {"n_threads": args.threads, "n_gpu_layers": args.n_gpu_layers}
-        extra.update(batch_size=args.batch_size, n_ctx=args.n_ctx)
+        extra = {
+            "n_threads": args.threads,
+            "n_gpu_layers": args.n_gpu_layers,
+            "batch_size": args.batch_size,
+            "n_ctx": args.n_ctx,
+        }
         model.settings = {**model.settings, **{k: v for k, v in extra.items() if v}}
         model.save(update_fields=["parameters", "settings"])
         if args.raw:

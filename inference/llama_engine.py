@@ -292,14 +292,14 @@ class BatchEngine:
         already hold. The id whose cells ``prompt`` mostly continues (or which hold most of
         ``prompt``) wins; else the least recently used, so an unrelated prompt that merely
         starts with the same chat-template tokens does not evict a conversation's cells."""
+        shares = {i: _shared_prefix(self._cached.get(i, []), prompt) for i in self._free_ids}
         best, best_shared = self._free_ids[0], 0
-        for seq_id in self._free_ids:
-            cached = self._cached.get(seq_id, [])
-            shared = _shared_prefix(cached, prompt)
-            worth_it = shared * 2 >= max(len(cached), 1) or shared * 2 >= len(prompt)
+        for seq_id, shared in shares.items():
+            held = len(self._cached.get(seq_id, []))
+            worth_it = shared * 2 >= max(held, 1) or shared * 2 >= len(prompt)
             if worth_it and shared > best_shared:
                 best, best_shared = seq_id, shared
-        shared = _shared_prefix(self._cached.get(best, []), prompt)
+        shared = shares[best]
         self._free_ids.remove(best)
         cached = self._cached.pop(best, [])
         # At least the last prompt token is evaluated again: its logits give the first token.

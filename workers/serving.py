@@ -137,9 +137,13 @@ def serve(pool: str, worker: str) -> int:
     while True:
         running = slots.running()
         try:
-            # Claiming is the first query: on a wake-up, the answer's first token waits for it.
-            answer = claim_next(pool, worker, fits=slots.fits) if slots.has_room() else None
-            queued = answer is not None or queue.anything_queued(pool)
+            if running:  # polling beside running answers: a cheap look first
+                queued = queue.anything_queued(pool)
+                has_room = queued and slots.has_room()
+                answer = claim_next(pool, worker, fits=slots.fits) if has_room else None
+            else:  # on a wake-up, the answer's first token waits for this claim
+                answer = claim_next(pool, worker, fits=slots.fits)
+                queued = answer is not None
             if answer is not None:
                 slots.give_way.set()  # a title being written stops for it
                 slots.start(answer)
