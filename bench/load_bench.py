@@ -117,7 +117,7 @@ for i in range(3):
     start = time.perf_counter()
     n = 0
     for chunk in llm.create_chat_completion(messages=messages, stream=True, max_tokens=tokens,
-                                            temperature=0.0, seed=1):
+                                            temperature=0.0, repeat_penalty=1.1, seed=1):
         n += bool(chunk["choices"][0]["delta"].get("content"))
     rates.append(n / (time.perf_counter() - start))
 print(sorted(rates)[1])
@@ -428,7 +428,13 @@ def main() -> None:
             )
         else:
             model = prepare_default_model()  # the default Gemma, as `make run` registers it
-        model.parameters = {"max_tokens": args.tokens, "temperature": 0.0, "seed": 1}
+        # As the raw run samples (RAW_SCRIPT): greedy, llama.cpp's repeat penalty included.
+        model.parameters = {
+            "max_tokens": args.tokens,
+            "temperature": 0.0,
+            "repeat_penalty": 1.1,
+            "seed": 1,
+        }
         extra = {
             "n_threads": args.threads,
             "n_gpu_layers": args.n_gpu_layers,

@@ -84,6 +84,10 @@ MAX_IMPORT_BYTES: int = env.int("CORRAL_MAX_IMPORT_BYTES", 2 * 1024 * 1024)
 WS_MAX_BYTES: int = env.int("CORRAL_WS_MAX_BYTES", MAX_MESSAGE_CHARS * 4 + 64 * 1024)
 # How often the worker sends deltas to the browser, and saves partial text to the database.
 FLUSH_INTERVAL_S: float = env.float("CORRAL_FLUSH_INTERVAL_MS", 50) / 1000
+# At most this many deltas a second from one worker process, shared by its answers: with 8
+# answers at once each sends one every 200 ms instead of one per token. Every delta costs
+# CPU in the worker, Redis, the web server and the browser, on the cores generating.
+DELTAS_PER_S: float = env.float("CORRAL_DELTAS_PER_S", 40)
 CHECKPOINT_INTERVAL_S: float = env.float("CORRAL_CHECKPOINT_INTERVAL_S", 1.0)
 
 # Durable jobs and admission (see docs/architecture.md).

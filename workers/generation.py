@@ -91,6 +91,33 @@ def build_request(answer: Message) -> GenerationRequest:
     )
 
 
+class LiveStreams:
+    """How many answers this process streams now: they share ``config.DELTAS_PER_S``."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> LiveStreams:
+        with self._lock:
+            self._count += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._count -= 1
+
+    def flush_interval(self) -> float:
+        """How long each stream collects text before sending it as one delta (an answer
+        alone: ``config.FLUSH_INTERVAL_S``)."""
+        if self._count <= 1:
+            return config.FLUSH_INTERVAL_S
+        return max(config.FLUSH_INTERVAL_S, self._count / config.DELTAS_PER_S)
+
+
+LIVE_STREAMS = LiveStreams()
+
+
 @dataclass
 class AnswerStream:
     """Accumulates text and decides when to publish a delta and when to checkpoint."""
@@ -115,7 +142,8 @@ class AnswerStream:
         self.text += chunk
         self.chunks += 1
         # The first token goes out at once (time to first token); later ones are batched.
-        return self.chunks == 1 or time.monotonic() - self._last_flush >= config.FLUSH_INTERVAL_S
+        due = time.monotonic() - self._last_flush >= LIVE_STREAMS.flush_interval()
+        return self.chunks == 1 or due
 
     def flush(self) -> None:
         if self.flushed_chars == len(self.text):
@@ -204,13 +232,14 @@ def generate(
         request = until_database_returns(lambda: build_request(answer))
         items = get_backend(answer.model.backend).stream(request, cancelled)
         try:
-            for item in items:
-                if cancelled.is_set():
-                    break
-                if isinstance(item, Finished):
-                    finished = item
-                elif stream.add(item.text):
-                    stream.flush()
+            with LIVE_STREAMS:
+                for item in items:
+                    if cancelled.is_set():
+                        break
+                    if isinstance(item, Finished):
+                        finished = item
+                    elif stream.add(item.text):
+                        stream.flush()
         finally:
             items.close()  # closes the upstream stream (llama.cpp loop or HTTP response)
         stream.flush()

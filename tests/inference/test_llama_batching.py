@@ -170,3 +170,49 @@ def test_a_follow_up_reuses_the_cells_of_its_conversation(gemma_path):
 
     assert raw(QUESTION) == first
     assert raw(*follow_up) == cached_text and cached_text
+
+
+def test_a_step_sampled_on_two_threads_gives_each_sequence_its_own_token(gemma_path):
+    """The engine samples a step's sequences on several threads: each still gets the token
+    its own chain draws from its own logits, in order, as on one thread."""
+    from inference.llama_engine import BatchEngine, EngineConfig, _Samplers
+
+    engine = BatchEngine(
+        str(gemma_path), EngineConfig(n_ctx_per_seq=128, n_seq_max=4, n_threads=2, n_gpu_layers=0)
+    )
+    try:
+        llama_cpp, batch = engine._llama_cpp, engine._batch
+        outputs, n = [], 0
+        # The engine's loop is idle (no sequence joined): this thread decodes one step of
+        # four prompts itself.
+        for seq_id, topic in enumerate(("horses", "rivers", "cheese", "storms")):
+            prompt = engine.tokenize(f"A short story about {topic}:", add_bos=True)
+            for pos, token in enumerate(prompt):
+                batch.token[n], batch.pos[n], batch.n_seq_id[n] = token, pos, 1
+                batch.seq_id[n][0] = seq_id
+                batch.logits[n] = pos == len(prompt) - 1
+                if batch.logits[n]:
+                    outputs.append(n)
+                n += 1
+        batch.n_tokens = n
+        assert llama_cpp.llama_decode(engine.context.ctx, batch) == 0
+
+        def draws(threads: int) -> list[list[int]]:
+            chains = [
+                engine._sampler(SamplingOptions(temperature=1.0, top_k=200, seed=seed))
+                for seed in (1, 2, 3, 4)
+            ]
+            samplers = _Samplers(llama_cpp, engine.context.ctx, threads)
+            try:
+                jobs = [(c.sampler, index) for c, index in zip(chains, outputs, strict=True)]
+                return [samplers.tokens(jobs) for _ in range(5)]  # each chain draws on
+            finally:
+                samplers.close()
+                for chain in chains:
+                    chain.close()
+
+        one_thread = draws(1)
+        assert draws(2) == one_thread
+        assert len({tuple(step) for step in one_thread}) > 1  # the draws are not all alike
+    finally:
+        engine.close()

@@ -69,3 +69,38 @@ def test_answers_that_cannot_share_a_process_take_turns(alice, gemma):
     second.refresh_from_db()
     assert first.status == second.status == Message.Status.DONE
     assert second.started_at >= first.finished_at
+
+
+def replayed_deltas(answer: Message) -> list[dict]:
+    """The deltas an answer streamed, as its replay buffer in Redis holds them."""
+    import json
+
+    from webui.chat import streams
+
+    assert streams.flush()
+    raw = streams._sync_redis().lrange(streams.replay_key(answer.pk, answer.attempts), 0, -1)
+    return [json.loads(item) for item in raw]
+
+
+def test_answers_streaming_together_share_the_process_delta_budget(alice, monkeypatch):
+    """Alone, an answer sends a delta every CORRAL_FLUSH_INTERVAL_MS; several at once share
+    CORRAL_DELTAS_PER_S, so each sends fewer, larger deltas, and none loses text."""
+    from webui import config
+
+    monkeypatch.setattr(config, "DELTAS_PER_S", 6)  # 3 at once: one delta per 0.5 s each
+    words = " ".join(f"w{i}" for i in range(24))
+    with OllamaTestServer(models={"slow:latest": words}, token_delay=0.04) as server:
+        model = ollama_model("ollama/slow", "slow:latest", server.url)
+        (alone,) = send(alice, model, 1)
+        assert serve(UNSERVED_POOL, worker="test") == 1
+        together = send(alice, model, 3)
+        assert serve(UNSERVED_POOL, worker="test") == 3
+    assert overlapping(together)
+    counts = {}
+    for answer in [alone, *together]:
+        answer.refresh_from_db()
+        deltas = replayed_deltas(answer)
+        assert answer.status == Message.Status.DONE and answer.content == words
+        assert "".join(d["text"] for d in deltas) == words  # every word, once, in order
+        counts[answer.pk] = len(deltas)
+    assert max(counts[a.pk] for a in together) < counts[alone.pk]
