@@ -73,13 +73,12 @@ def test_answers_that_cannot_share_a_process_take_turns(alice, gemma):
 
 def replayed_deltas(answer: Message) -> list[dict]:
     """The deltas an answer streamed, as its replay buffer in Redis holds them."""
-    import json
+    import asyncio
 
     from webui.chat import streams
 
     assert streams.flush()
-    raw = streams._sync_redis().lrange(streams.replay_key(answer.pk, answer.attempts), 0, -1)
-    return [json.loads(item) for item in raw]
+    return asyncio.run(streams.read_replay(answer.pk, answer.attempts, after_seq=0))
 
 
 def test_answers_streaming_together_share_the_process_delta_budget(alice, monkeypatch):
