@@ -9,6 +9,11 @@ bench/load_bench.py).
     .venv/bin/python bench/engine_bench.py --model data/models/gemma-3-270m-q4_k_m.gguf \\
         --batches 1,8 --tokens 128
     python3 bench/engine_bench.py --model MODEL.gguf --n-gpu-layers -1 --batches 1,8,32 --json
+
+``--join N`` also measures a prompt of about N tokens joining a running answer, with the
+engine's prefill chunk and with none (the whole batch, ``n_batch``, in one step): the
+running answer's longest wait between two pieces of text while the prompt is read, and
+the joining answer's time to first token.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -36,6 +42,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--n-ctx", type=int, default=1024, help="per answer")
+    parser.add_argument("--join", type=int, default=0, help="long prompt tokens (0: skip)")
     parser.add_argument("--json", action="store_true")
     return parser.parse_args()
 
@@ -115,6 +122,69 @@ def engine_tok_s(args: argparse.Namespace, batches: list[int]) -> dict[int, floa
     return figures
 
 
+def join_once(engine: Any, run: int, join_tokens: int) -> tuple[float, float]:
+    """One answer streams; a prompt of ``join_tokens`` joins it. The streaming answer's
+    longest wait between two pieces of text until the joining one's first text, and that
+    time to first token (ms)."""
+    from inference.base import SamplingOptions, TextChunk
+
+    options = SamplingOptions(temperature=0.0, max_tokens=32768, repeat_penalty=1.0)
+    filler = " ".join(f"river{n % 97}" for n in range(join_tokens))
+    long = engine.tokenize(f"Run {run}. {filler}", add_bos=True)[:join_tokens]
+    running = engine.generate(engine.tokenize(PROMPT.format(i=run), add_bos=True), options, ())
+    next(running)  # streaming now
+    first: list[float] = []
+
+    def join() -> None:
+        limited = options.model_copy(update={"max_tokens": 4})
+        for item in engine.generate(long, limited, ()):
+            if isinstance(item, TextChunk):
+                first.append(time.perf_counter())
+                return
+
+    joiner = threading.Thread(target=join)
+    joined_at = last = time.perf_counter()
+    joiner.start()
+    longest = 0.0
+    for _ in running:
+        now = time.perf_counter()
+        longest, last = max(longest, now - last), now
+        if first or not joiner.is_alive():
+            break
+    running.close()
+    joiner.join()
+    return longest * 1000, ((first[0] if first else last) - joined_at) * 1000
+
+
+def join_figures(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """``join_once`` with the engine's prefill chunk and with none (medians of the runs)."""
+    from inference.llama_engine import BatchEngine, EngineConfig
+
+    default = EngineConfig(n_ctx_per_seq=0, n_seq_max=2, n_threads=None, n_gpu_layers=0)
+    figures: dict[str, dict[str, float]] = {}
+    for name, chunk in (("chunked", default.prefill_chunk), ("unchunked", default.n_batch)):
+        engine = BatchEngine(
+            args.model,
+            EngineConfig(
+                n_ctx_per_seq=args.join + args.tokens + 64,
+                n_seq_max=2,
+                n_threads=args.threads,
+                n_gpu_layers=args.n_gpu_layers,
+                prefill_chunk=chunk,
+            ),
+        )
+        try:
+            runs = [join_once(engine, run, args.join) for run in range(args.runs + 1)][1:]
+        finally:
+            engine.close()
+        figures[name] = {
+            "prefill_chunk": chunk,
+            "running_longest_gap_ms": round(statistics.median(r[0] for r in runs), 1),
+            "joining_ttft_ms": round(statistics.median(r[1] for r in runs), 1),
+        }
+    return figures
+
+
 def main() -> None:
     args = parse_args()
     batches = [int(b) for b in args.batches.split(",") if b]
@@ -131,6 +201,8 @@ def main() -> None:
         "engine_over_raw": {b: round(v / raw, 2) for b, v in engine.items()},
         "engine_over_engine_1": {b: round(v / one, 2) for b, v in engine.items()} if one else {},
     }
+    if args.join:
+        result["join"] = join_figures(args)
     if args.json:
         print(json.dumps(result))
         return
@@ -140,6 +212,13 @@ def main() -> None:
         print(
             f"engine, {b} at once: {v} tok/s aggregate = {result['engine_over_raw'][b]}x raw"
             + (f", {result['engine_over_engine_1'][b]}x one" if one else "")
+        )
+    for name, join in result.get("join", {}).items():
+        print(
+            f"a {args.join}-token prompt joining one answer, {name} "
+            f"(prefill_chunk {join['prefill_chunk']}): the answer's longest wait "
+            f"{join['running_longest_gap_ms']} ms, the joining answer's TTFT "
+            f"{join['joining_ttft_ms']} ms"
         )
 
 

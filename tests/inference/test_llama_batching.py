@@ -7,6 +7,7 @@ strings and limits, and ends or leaves without disturbing the others.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 from inference import (
@@ -116,15 +117,47 @@ def test_closing_one_stream_frees_its_slot_for_the_next(gemma_path):
         stream.close()
 
 
-def test_a_long_prompt_joins_while_others_stream(gemma_path):
-    """A prompt longer than one prefill chunk is evaluated beside running answers; both
-    finish with their text."""
-    long_question = ChatMessage("user", "Summarise: " + "the herd crossed the river. " * 60)
-    results = together(
-        request(gemma_path, max_tokens=40), request(gemma_path, long_question, max_tokens=8)
+def test_a_long_prompt_is_read_in_chunks_while_another_answer_streams(gemma_path):
+    """A long prompt joining does not freeze an answer that is streaming: read a chunk a
+    step beside it, the streaming answer puts out all its tokens before the long prompt
+    has been read (in one go, it would wait for the whole prompt first)."""
+    from inference.llama_engine import BatchEngine, EngineConfig
+
+    engine = BatchEngine(
+        str(gemma_path),
+        EngineConfig(
+            n_ctx_per_seq=1536, n_seq_max=2, n_threads=2, n_gpu_layers=0, prefill_chunk=64
+        ),
     )
-    assert results[1][1].usage.prompt_tokens > 300
-    assert results[0][0] and results[1][0]
+    try:
+        seen: list[tuple[float, str]] = []
+        running = engine.generate(
+            engine.tokenize("Write a long story about a herd of horses:", add_bos=True),
+            SamplingOptions(temperature=0.0, repeat_penalty=1.0, max_tokens=12),
+            (),
+        )
+        assert isinstance(next(running), TextChunk)  # streaming now
+        words = " ".join(f"the herd crossed river {n}." for n in range(300))
+        long_prompt = engine.tokenize(words, add_bos=True)[:1200]  # 19 chunks of 64
+
+        def join() -> None:
+            options = SamplingOptions(temperature=0.0, max_tokens=2)
+            for item in engine.generate(long_prompt, options, ()):
+                seen.append((time.monotonic(), f"long prompt's first {type(item).__name__}"))
+                return
+
+        joining = threading.Thread(target=join)
+        joining.start()
+        finished = [item for item in running if isinstance(item, Finished)]
+        seen.append((time.monotonic(), "streaming answer finished"))
+        joining.join(timeout=120)
+        assert finished and finished[0].usage.completion_tokens == 12
+        assert [what for _, what in sorted(seen)] == [
+            "streaming answer finished",
+            "long prompt's first TextChunk",
+        ]
+    finally:
+        engine.close()
 
 
 def greedy(path: Path, *messages: ChatMessage, settings=SETTINGS) -> GenerationRequest:
@@ -214,5 +247,49 @@ def test_a_step_sampled_on_two_threads_gives_each_sequence_its_own_token(gemma_p
         one_thread = draws(1)
         assert draws(2) == one_thread
         assert len({tuple(step) for step in one_thread}) > 1  # the draws are not all alike
+    finally:
+        engine.close()
+
+
+def test_the_shortlist_draws_what_the_whole_vocabulary_would(gemma_path):
+    """With a repeat penalty the engine samples from a shortlist of the highest logits
+    (llama_engine.shortlist_size): over a run where the penalty changes every choice, it
+    draws exactly the tokens llama-cpp-python's chain draws from the whole vocabulary."""
+    from inference.llama_engine import BatchEngine, EngineConfig, shortlist_size
+
+    engine = BatchEngine(
+        str(gemma_path), EngineConfig(n_ctx_per_seq=128, n_seq_max=1, n_threads=2, n_gpu_layers=0)
+    )
+    try:
+        llama_cpp, batch = engine._llama_cpp, engine._batch
+        prompt = engine.tokenize("A short story about horses crossing a river:", add_bos=True)
+        for pos, token in enumerate(prompt):
+            batch.token[pos], batch.pos[pos], batch.n_seq_id[pos] = token, pos, 1
+            batch.seq_id[pos][0] = 0
+            batch.logits[pos] = pos == len(prompt) - 1
+        batch.n_tokens = len(prompt)
+        assert llama_cpp.llama_decode(engine.context.ctx, batch) == 0
+
+        def draws(options: SamplingOptions, shortlist: bool) -> list[int]:
+            # The same logits drawn from again and again: each drawn token joins the
+            # penalty's window, so later draws must go past every token drawn before.
+            chain = engine._sampler(options, shortlist=shortlist)
+            try:
+                return [
+                    llama_cpp.llama_sampler_sample(chain.sampler, engine.context.ctx, -1)
+                    for _ in range(80)
+                ]
+            finally:
+                chain.close()
+
+        for options in (
+            SamplingOptions(temperature=0.0, repeat_penalty=2.0),
+            SamplingOptions(temperature=1.0, top_k=40, repeat_penalty=2.0, seed=3),
+            SamplingOptions(temperature=0.7, top_k=5, repeat_penalty=1.3, seed=11),
+        ):
+            assert shortlist_size(options) > 0
+            whole = draws(options, shortlist=False)
+            assert len(set(whole)) > 20  # the penalty moved the choices along
+            assert draws(options, shortlist=True) == whole
     finally:
         engine.close()

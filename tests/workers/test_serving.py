@@ -3,6 +3,9 @@ batch run at once; answers that cannot share the process wait their turn."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from django.test import override_settings
 
@@ -69,6 +72,45 @@ def test_answers_that_cannot_share_a_process_take_turns(alice, gemma):
     second.refresh_from_db()
     assert first.status == second.status == Message.Status.DONE
     assert second.started_at >= first.finished_at
+
+
+def test_stop_in_a_full_batch_lands_within_a_second_and_frees_the_slot(alice, gemma):
+    """Four llama.cpp answers fill a batch of four and a fifth waits. Stop ends one of the
+    four within a second, keeping its partial text; the fifth takes its slot at once, while
+    the other three carry on to the end."""
+    gemma.settings = {**gemma.settings, "batch_size": 4}
+    gemma.parameters = {**gemma.parameters, "max_tokens": 64}
+    gemma.save()
+    answers = send(alice, gemma, 5)
+    runner = threading.Thread(target=serve, args=(UNSERVED_POOL, "test"))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        running = Message.objects.filter(pk__in=[a.pk for a in answers[:4]], status="running")
+        while running.count() < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert Message.objects.get(pk=answers[4].pk).status == Message.Status.QUEUED
+        # Generating (the model is loaded): its first checkpoint has text.
+        while not Message.objects.filter(pk=answers[1].pk).exclude(content="").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        stopped_at = time.monotonic()
+        services.stop_answer(user=alice, message_id=answers[1].pk)
+        while Message.objects.get(pk=answers[1].pk).status == Message.Status.RUNNING:
+            assert time.monotonic() - stopped_at < 1.0
+            time.sleep(0.02)
+    finally:
+        runner.join(timeout=120)
+    rows = {m.pk: m for m in Message.objects.filter(pk__in=[a.pk for a in answers])}
+    stopped = rows[answers[1].pk]
+    others = [rows[a.pk] for a in (answers[0], answers[2], answers[3])]
+    waiting = rows[answers[4].pk]
+    assert stopped.status == Message.Status.STOPPED and stopped.error == "Stopped by the user."
+    assert stopped.content  # what it had written is kept
+    assert all(m.status == Message.Status.DONE and m.content for m in [*others, waiting])
+    # The fifth started when the stopped one left, not when the batch drained.
+    assert stopped.finished_at <= waiting.started_at < min(m.finished_at for m in others)
 
 
 def replayed_deltas(answer: Message) -> list[dict]:
