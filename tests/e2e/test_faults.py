@@ -190,6 +190,38 @@ def test_a_worker_whose_clock_is_30_s_late_is_not_taken_for_lost(
     assert saved.time_to_first_token_ms is not None and 0 <= saved.time_to_first_token_ms < 30_000
 
 
+def test_a_worker_whose_clock_is_30_s_ahead_reaps_no_healthy_answer(
+    alice, long_gemma, stack_env, gpu_workers, web_server, tmp_path
+):
+    """The harmful way round: a worker whose clock runs 30 s ahead would, judging by its
+    own clock, find every other worker's heartbeat stale. Its reaper (every second) runs
+    beside an answer that a correct worker generates, and leaves it alone."""
+    skew = Path(__file__).parent / "clock_skew"
+    ahead = start_worker(
+        {
+            **stack_env,
+            **FAST_REAPER,
+            "CORRAL_TEST_CLOCK_OFFSET_S": "30",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(skew), stack_env.get("PYTHONPATH")])),
+        },
+        tmp_path / "ahead.log",
+        queues="cpu",  # it only reaps: the answer is the gpu pool's
+        label="ahead-clock",
+    )
+    try:
+        gpu_workers("on-time")
+        answer, client = answer_under_way(
+            alice, long_gemma, "Tell a long story about a lighthouse.", web_server
+        )
+        client.wait_until(finished, timeout=120)
+        client.close()
+    finally:
+        _stop(ahead.process)
+    saved = assert_one_clean_answer(client, answer)
+    assert saved.status == Message.Status.DONE, saved.error
+    assert saved.attempts == 1 and "on-time" in saved.worker
+
+
 def test_workers_note_themselves_alive_for_their_pool_and_stop_when_gone(gpu_workers):
 
     wakeups._redis().delete(f"corral:workers:{POOL}")
