@@ -683,6 +683,35 @@ def test_queue_places_are_coalesced_per_pool(alice, bob, gemma, monkeypatch):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_queue_places_are_coalesced_per_pool_across_processes(alice, bob, gemma, monkeypatch):
+    """The web server and every worker each have a notices thread (here two, as two
+    processes would): changing one pool's queue in both for 1.2 s still costs about one
+    round per interval in all, not one per interval in each."""
+    from tests.workers.test_generation import collect_events
+
+    monkeypatch.setattr(config, "QUEUE_EVENT_INTERVAL_S", 0.5)
+    answers = [queued(alice if i % 2 else bob, gemma) for i in range(5)]
+    processes = [queue._QueueNotices(), queue._QueueNotices()]
+
+    def burst() -> None:
+        end = time.monotonic() + 1.2
+        while time.monotonic() < end:
+            for notices in processes:
+                notices.request(UNSERVED_POOL)
+            time.sleep(0.01)
+        for notices in processes:
+            assert notices.wait_idle(timeout=5)
+
+    groups = [streams.group_name(a.conversation_id) for a in answers]
+    events = [e for e in collect_events(groups, burst) if e["type"] == "message.queue"]
+    # Rounds at least 0.5 s apart from 0.1 s to the end of the last interval (~1.7 s):
+    # at most five of five places; each thread on its own would send four.
+    assert len(events) % 5 == 0 and 5 <= len(events) <= 25
+    last = {e["message"]: e["position"] for e in events}
+    assert sorted(last.values()) == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.django_db(transaction=True)
 def test_wake_ups_do_not_pile_up_in_a_pool_without_workers(alice, gemma):
     """However often answers arrive or reapers look, one wake-up at most waits per pool."""
 

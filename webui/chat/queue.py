@@ -12,8 +12,10 @@ import threading
 import time
 from collections import defaultdict
 from datetime import datetime
+from functools import cache
 from typing import Any
 
+import redis
 from django.db import connection
 from django.db.models import Avg, Max
 
@@ -145,10 +147,31 @@ def publish_queue(pool: str) -> None:
     _queue_notices.request(pool)
 
 
+def _round_held_elsewhere(pool: str) -> float:
+    """0 when this process may send ``pool``'s round now, which it then holds for an
+    interval; else the seconds until it may. Every process that changes a queue (the web
+    server, each worker) has its own notices thread: this keeps them all to one round per
+    pool and interval."""
+    interval_ms = max(1, int(config.QUEUE_EVENT_INTERVAL_S * 1000))
+    key = f"corral:queue-round:{pool}"
+    try:
+        client = _redis()
+        if client.set(key, os.getpid(), nx=True, px=interval_ms):
+            return 0.0
+        return max(int(client.pttl(key)), 1) / 1000
+    except redis.RedisError:  # the round itself goes through Redis: it will say more
+        return 0.0
+
+
+@cache
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(config.redis_url())
+
+
 class _QueueNotices:
     """One thread per process sends queue places, a round per pool at most once per
-    interval: the first change after ``SETTLE_S``, later ones together at the end of the
-    interval."""
+    interval (across processes: ``_round_held_elsewhere``): the first change after
+    ``SETTLE_S``, later ones together at the end of the interval."""
 
     def __init__(self) -> None:
         self._lock = threading.Condition()
@@ -178,6 +201,10 @@ class _QueueNotices:
                 wait = due - time.monotonic()
                 if wait > 0:
                     self._lock.wait(wait)
+                    continue
+                held_for = _round_held_elsewhere(pool)
+                if held_for:  # another process sent this pool's round: the next is ours
+                    self._due[pool] = time.monotonic() + held_for
                     continue
                 del self._due[pool]
                 self._last_round[pool] = time.monotonic()
