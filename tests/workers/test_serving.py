@@ -58,6 +58,21 @@ def test_ollama_answers_stream_together_from_one_process(alice):
     assert overlapping(answers)
 
 
+def test_one_process_holds_at_most_parallel_streams_of_an_ollama_server(alice):
+    """With ``parallel`` 2, three answers for one server run two at a time: the third
+    starts when one of the first two ends."""
+    with OllamaTestServer(models={"slow:latest": "one two three"}, token_delay=0.2) as server:
+        model = ollama_model("ollama/slow", "slow:latest", server.url)
+        model.settings = {**model.settings, "parallel": 2}
+        model.save()
+        answers = send(alice, model, 3)
+        assert serve(UNSERVED_POOL, worker="test") == 3
+    rows = sorted(Message.objects.filter(pk__in=[a.pk for a in answers]), key=lambda m: m.pk)
+    assert all(m.status == Message.Status.DONE for m in rows)
+    assert overlapping(rows[:2])
+    assert rows[2].started_at >= min(m.finished_at for m in rows[:2])
+
+
 def test_answers_that_cannot_share_a_process_take_turns(alice, gemma):
     """A llama.cpp answer and an Ollama answer have different batch keys: the second
     starts only when the first has ended, in fair order."""
