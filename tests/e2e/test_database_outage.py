@@ -1,6 +1,7 @@
-"""A 30 s database outage mid-answer, with the real PostgreSQL, a real worker and the real
-web server: the answer goes on streaming (through Redis), its checkpoints and its ending
-wait for the database, and it ends ``done`` with the whole text, by the same attempt. What
+"""A 30 s database outage while a worker generates a batch of answers, with the real
+PostgreSQL, a real worker and the real web server: each answer goes on streaming (through
+Redis), its checkpoints and its ending wait for the database, and it ends ``done`` with the
+whole text, by the same attempt. What
 people are shown meanwhile names no host, database or driver message.
 
 The outage is real for every process of the stack: the test database stops accepting
@@ -69,25 +70,35 @@ def internals(text: str) -> list[str]:
     return [word for word in words if word.lower() in text.lower()]
 
 
-def test_an_answer_streams_through_a_database_outage_and_ends_done(
-    alice, long_gemma, gpu_workers, web_server, database_outage
+def test_a_batch_streams_through_a_database_outage_and_ends_done(
+    alice, long_gemma, gpu_workers, web_server, database_outage, settings
 ):
+    """Four answers generating together in one worker process, the database gone for
+    30 s: each goes on streaming, and each ends done with its whole text, by the same
+    attempt."""
+    settings.CORRAL = {**settings.CORRAL, "MAX_ACTIVE_PER_USER": 10}
     begin, end = database_outage
     worker = gpu_workers("outage")
-    answer, client = answer_under_way(
-        alice, long_gemma, "Tell a long story about the sea.", web_server
-    )
+    batch = [
+        answer_under_way(alice, long_gemma, f"Tell a long story about sea number {i}.", web_server)
+        for i in range(4)
+    ]
+    rows = Message.objects.filter(pk__in=[answer.pk for answer, _ in batch])
+    assert len({row.worker for row in rows}) == 1  # one process runs them all
     cookie = login_cookie(alice)
     begin()
     began = time.monotonic()
     try:
-        before = len(client.messages[answer.pk]["content"])
+        before = {answer.pk: len(client.messages[answer.pk]["content"]) for answer, client in batch}
         # The worker keeps generating and the tokens keep arriving, database or not.
-        client.wait_until(
-            lambda c: len(c.messages[answer.pk]["content"]) >= before + 40, timeout=20
-        )
+        for answer, client in batch:
+            client.wait_until(
+                lambda c, pk=answer.pk: len(c.messages[pk]["content"]) >= before[pk] + 40,
+                timeout=20,
+            )
 
         # A message sent now is refused in words a person can read, and the socket stays.
+        client = batch[0][1]
         client.send({"type": "send", "text": "Still there?", "request": "in-outage"})
         deadline = time.monotonic() + 10
         while (event := client.receive(timeout=10))["type"] != "error":
@@ -104,12 +115,13 @@ def test_an_answer_streams_through_a_database_outage_and_ends_done(
     finally:
         end()
 
-    client.wait_until(finished, timeout=90)
-    client.close()
-    saved = assert_one_clean_answer(client, answer)  # the whole text, as the client saw it
-    assert saved.status == Message.Status.DONE, saved.error
-    assert saved.attempts == 1  # the same worker finished it: not re-run, not continued
-    assert saved.content and len(saved.content) > before
-    # Nothing of the refused message was saved: it is still the person's to send.
-    assert saved.conversation.messages.filter(role="user").count() == 1
+    for answer, client in batch:
+        client.wait_until(finished, timeout=90)
+        client.close()
+        saved = assert_one_clean_answer(client, answer)  # the whole text, as shown
+        assert saved.status == Message.Status.DONE, saved.error
+        assert saved.attempts == 1  # the same worker finished it: not re-run, not continued
+        assert len(saved.content) > before[answer.pk]
+        # Nothing of the refused message was saved: it is still the person's to send.
+        assert saved.conversation.messages.filter(role="user").count() == 1
     assert "checkpoint failed, generating on" in worker.log.read_text()
