@@ -58,25 +58,43 @@ def assert_one_clean_answer(client: ChatClient, answer: Message) -> Message:
     return saved
 
 
-def test_killed_pool_child_is_noticed_and_the_answer_rerun_once(
-    alice, long_gemma, gpu_workers, web_server
+def batch_under_way(user, model, texts: list[str], web_server) -> list[tuple[Message, ChatClient]]:
+    """Send every text at once; return the answers once each watching client has seen its
+    answer stream, all from one worker process (its batch)."""
+    batch = []
+    for text in texts:
+        conversation, _, answer = services.send_message(
+            user=user, conversation_id=None, text=text, model_id=model.pk
+        )
+        client = ChatClient.open(web_server.url, conversation.pk, user, resilient=True)
+        batch.append((answer, client))
+    for answer, client in batch:
+        client.wait_until(lambda c, pk=answer.pk: len(c.messages[pk]["content"]) > 20)
+    workers = {row.worker for row in Message.objects.filter(pk__in=[a.pk for a, _ in batch])}
+    assert len(workers) == 1  # one process runs them all
+    return batch
+
+
+def test_killed_pool_child_is_noticed_and_its_batch_rerun_once(
+    alice, long_gemma, gpu_workers, web_server, settings
 ):
+    settings.CORRAL = {**settings.CORRAL, "MAX_ACTIVE_PER_USER": 10}
     gpu_workers("child-kill")
-    answer, client = answer_under_way(
-        alice, long_gemma, "Tell a long story about the sea.", web_server
-    )
-    child = running_pid(answer)
+    texts = [f"Tell a long story about sea number {i}." for i in range(4)]
+    batch = batch_under_way(alice, long_gemma, texts, web_server)
+    child = running_pid(batch[0][0])
     os.kill(child, signal.SIGKILL)
     killed_at = time.monotonic()
-    client.wait_until(lambda c: c.messages[answer.pk]["attempt"] == 2, timeout=30)
+    for answer, client in batch:
+        client.wait_until(lambda c, pk=answer.pk: c.messages[pk]["attempt"] == 2, timeout=30)
     assert time.monotonic() - killed_at < 30
-    client.wait_until(finished, timeout=90)
-    client.close()
-    saved = assert_one_clean_answer(client, answer)
-    assert saved.status == Message.Status.DONE, saved.error
-    assert saved.attempts == 2
-    # Replaced, not appended: the text is exactly one full run of the answer.
-    assert saved.content and saved.completion_tokens <= 240
+    for answer, client in batch:
+        client.wait_until(finished, timeout=90)
+        client.close()
+        saved = assert_one_clean_answer(client, answer)
+        assert saved.status == Message.Status.DONE, saved.error
+        assert saved.attempts == 2
+        assert saved.content and saved.completion_tokens <= 240
 
 
 def test_killed_worker_process_group_is_rerun_on_a_live_worker(
@@ -123,22 +141,9 @@ def test_a_killed_worker_with_a_full_batch_has_every_answer_continued_elsewhere(
     """kill -9 of a worker generating eight answers at once: each continues on a live
     worker from all its clients had been shown, with no gap or duplicate, and ends done."""
     settings.CORRAL = {**settings.CORRAL, "MAX_ACTIVE_PER_USER": 10}
-    batch = 8
     first = gpu_workers("batch-doomed")
-    sent = []
-    for i in range(batch):
-        conversation, _, answer = services.send_message(
-            user=alice,
-            conversation_id=None,
-            text=f"Tell a long story about river number {i}.",
-            model_id=long_gemma.pk,
-        )
-        client = ChatClient.open(web_server.url, conversation.pk, alice, resilient=True)
-        sent.append((answer, client))
-    for answer, client in sent:
-        client.wait_until(lambda c, pk=answer.pk: len(c.messages[pk]["content"]) > 20)
-    workers = {row.worker for row in Message.objects.filter(pk__in=[a.pk for a, _ in sent])}
-    assert len(workers) == 1  # one process ran the whole batch
+    texts = [f"Tell a long story about river number {i}." for i in range(8)]
+    sent = batch_under_way(alice, long_gemma, texts, web_server)
     shown = {answer.pk: client.messages[answer.pk]["content"] for answer, client in sent}
 
     os.killpg(first.process.pid, signal.SIGKILL)
@@ -258,7 +263,7 @@ def test_fair_queue_serves_a_second_user_within_two_slots(alice, bob, gemma, gpu
     assert order.index(bobs.pk) <= 1, order  # among the first two slots, not the seventh
 
 
-def test_redis_restart_mid_answer_keeps_generating_and_clients_catch_up(
+def test_redis_restart_mid_batch_keeps_generating_and_clients_catch_up(
     alice, long_gemma, stack_env, tmp_path
 ):
     sock = tmp_path / "redis.sock"
@@ -271,27 +276,38 @@ def test_redis_restart_mid_answer_keeps_generating_and_clients_catch_up(
         return process
 
     redis_process = start_redis()
-    env = {**stack_env, **FAST_REAPER, "REDIS_URL": f"unix://{sock}"}
+    env = {
+        **stack_env,
+        **FAST_REAPER,
+        "REDIS_URL": f"unix://{sock}",
+        "CORRAL_MAX_ACTIVE_PER_USER": "10",
+    }
     worker = start_worker(env, tmp_path / "worker.log", queues=POOL)
     port = free_port()
     web = _start(processes.web_argv("127.0.0.1", port), env, tmp_path / "web.log")
     try:
         processes.wait_for_port("127.0.0.1", port, alive={"web": web})
         base = f"http://127.0.0.1:{port}"
-        conversation = Conversation.objects.create(owner=alice, model=long_gemma)
-        client = ChatClient.open(base, conversation.pk, alice, resilient=True)
-        client.send({"type": "send", "text": "Write about mountains.", "model": long_gemma.pk})
-        client.wait_until(lambda c: len(c.messages) == 2 and len(c.answer()["content"]) > 20)
-        answer = Message.objects.get(pk=client.answer()["id"])
+        clients = []
+        for i in range(4):  # a batch: four answers generating in the one worker
+            conversation = Conversation.objects.create(owner=alice, model=long_gemma)
+            client = ChatClient.open(base, conversation.pk, alice, resilient=True)
+            text = f"Write about mountain number {i}."
+            client.send({"type": "send", "text": text, "model": long_gemma.pk})
+            clients.append(client)
+        for client in clients:
+            client.wait_until(lambda c: len(c.messages) == 2 and len(c.answer()["content"]) > 20)
+        answers = [Message.objects.get(pk=client.answer()["id"]) for client in clients]
         redis_process.kill()
         redis_process.wait()
         time.sleep(1)
         redis_process = start_redis()
-        client.wait_until(finished, timeout=120)
-        client.close()
-        saved = assert_one_clean_answer(client, answer)
-        assert saved.status == Message.Status.DONE, saved.error
-        assert saved.attempts == 1  # kept generating: never re-run
+        for answer, client in zip(answers, clients, strict=True):
+            client.wait_until(finished, timeout=120)
+            client.close()
+            saved = assert_one_clean_answer(client, answer)
+            assert saved.status == Message.Status.DONE, saved.error
+            assert saved.attempts == 1  # kept generating: never re-run
     finally:
         _stop(worker.process)
         _stop(web)
