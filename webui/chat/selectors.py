@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Q, QuerySet
@@ -56,7 +56,34 @@ def models_for(user: AbstractBaseUser | AnonymousUser) -> QuerySet[LanguageModel
     return models.filter(Q(groups=None) | Q(pk__in=in_my_groups)).distinct()
 
 
-def message_payload(message: Message) -> dict[str, Any]:
+class MessagePayload(TypedDict):
+    """One message as the browser draws it (snapshots and state events)."""
+
+    id: int
+    role: str
+    parent: int | None
+    content: str
+    status: str
+    error: str
+    seq: int
+    attempt: int
+    version: int
+    model: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    time_to_first_token_ms: int | None
+    tokens_per_second: float | None
+
+
+class SnapshotMessage(MessagePayload, total=False):
+    """In a snapshot, a message also says which version of its turn it is, and a waiting
+    answer its place in the queue."""
+
+    versions: dict[str, Any]
+    queue: dict[str, Any]
+
+
+def message_payload(message: Message) -> MessagePayload:
     """What the browser needs to draw one message (snapshots and state events)."""
     return {
         "id": message.pk,
@@ -115,12 +142,15 @@ def conversation_snapshot(conversation: Conversation) -> dict[str, Any]:
     from webui.chat import queue  # it orders messages selected here
 
     branch, everything = current_branch(conversation)
-    payloads = []
+    payloads: list[SnapshotMessage] = []
     for message in branch:
-        payload = message_payload(message)
         versions = versions_of(message, everything)
-        payload["versions"] = {"ids": versions, "index": versions.index(message.pk) + 1}
-        payloads.append(payload)
+        payloads.append(
+            {
+                **message_payload(message),
+                "versions": {"ids": versions, "index": versions.index(message.pk) + 1},
+            }
+        )
     pools = {m.model.pool for m in branch if m.status == Message.Status.QUEUED and m.model}
     places: dict[int, dict[str, Any]] = {}
     for pool in pools:

@@ -28,7 +28,7 @@ from django.db import transaction
 
 from webui import config
 from webui.chat.models import Message
-from webui.chat.selectors import message_payload
+from webui.chat.selectors import MessagePayload, message_payload
 
 logger = logging.getLogger("corral.publish")
 
@@ -58,10 +58,10 @@ class DeltaEvent(TypedDict):
 
 
 class StateEvent(TypedDict):
-    """A message changed; ``message`` is ``selectors.message_payload``."""
+    """A message changed."""
 
     type: Literal["message.state"]
-    message: dict[str, Any]
+    message: MessagePayload
 
 
 class QueuePlace(TypedDict):
