@@ -16,16 +16,20 @@ CMAKE_ARGS ?= -DCMAKE_C_FLAGS="$(NO_AMX)" -DCMAKE_CXX_FLAGS="$(NO_AMX)"
 # pip keeps the llama-cpp-python wheel it builds (4-15 minutes) in its cache, so a new
 # virtual environment reuses it instead of compiling llama.cpp again.
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	CMAKE_ARGS='$(CMAKE_ARGS)' $(PY) -m pip install --quiet -e '.[dev]'
-	rm -f $(VENV)/.installed-*
-	touch $(STAMP)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "Installing Corral's Python packages into $(VENV)."
+	@echo "The first time, pip compiles llama-cpp-python (llama.cpp) from source: about 5 to 15"
+	@echo "minutes on 2 cores, with no output meanwhile. Later installs reuse pip's cached wheel."
+	@$(PY) -m pip install --quiet --upgrade pip
+	@CMAKE_ARGS='$(CMAKE_ARGS)' $(PY) -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
+	@echo "Installed."
 
 install: $(STAMP)
 
 run: install
-	$(PY) manage.py corral_run
+	@$(PY) manage.py corral_run
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -16,7 +16,7 @@ from inference.base import (
     TextChunk,
     Usage,
 )
-from inference.registry import available_backends, get_backend
+from inference.registry import available_backends, get_backend, loaded_models
 
 __all__ = [
     "Backend",
@@ -31,4 +31,5 @@ __all__ = [
     "Usage",
     "available_backends",
     "get_backend",
+    "loaded_models",
 ]

@@ -106,6 +106,11 @@ class Backend(Protocol):
         called from that many threads."""
         ...
 
+    def loaded(self) -> list[str]:
+        """The models this process holds loaded (their targets): the fleet page shows
+        them, and answers can be sent where their model is warm."""
+        ...
+
     def stream(
         self, request: GenerationRequest, cancel: threading.Event | None = None
     ) -> Generator[StreamItem, None, None]:

@@ -68,6 +68,10 @@ class LlamaCppBackend:
     def max_concurrent(self, model: ModelSpec) -> int:
         return parse_settings(model.settings).batch_size
 
+    def loaded(self) -> list[str]:
+        key = self._key
+        return [key[0]] if key is not None else []
+
     def load(
         self, path: str, settings: dict[str, Any], cancel: threading.Event | None = None
     ) -> BatchEngine:

@@ -57,6 +57,9 @@ class OllamaBackend:
         """Answers for the same server share a worker process: each is one HTTP stream."""
         return (self.name, _validate_settings(model.settings).get("host"))
 
+    def loaded(self) -> list[str]:
+        return []  # the Ollama server loads and unloads its models itself
+
     def max_concurrent(self, model: ModelSpec) -> int:
         parallel = _validate_settings(model.settings).get("parallel", DEFAULT_PARALLEL)
         if not isinstance(parallel, int) or parallel < 1:

@@ -17,6 +17,9 @@ def available_backends() -> list[str]:
     return sorted(_BACKENDS)
 
 
+_instances: dict[str, Backend] = {}
+
+
 @cache
 def get_backend(name: str) -> Backend:
     """Return the process-wide backend instance for ``name`` (it keeps loaded models)."""
@@ -26,4 +29,11 @@ def get_backend(name: str) -> Backend:
         raise BackendError(f"unknown backend {name!r}") from None
     module = importlib.import_module(module_name)
     backend: Backend = getattr(module, class_name)()
+    _instances[name] = backend
     return backend
+
+
+def loaded_models() -> list[str]:
+    """What this process holds loaded, over the backends it has used (none is imported
+    for asking)."""
+    return [target for backend in list(_instances.values()) for target in backend.loaded()]

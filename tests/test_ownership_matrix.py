@@ -56,6 +56,7 @@ ADMIN_URLS = [
     ("post", "/manage/groups/{g}/quota/"),
     ("get", "/manage/models/"),
     ("post", "/manage/models/"),
+    ("get", "/fleet/"),
     ("get", "/manage/usage/"),
     ("get", "/manage/usage/?format=csv"),
     ("get", "/manage/usage/?person={u}"),

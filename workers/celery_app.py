@@ -13,7 +13,13 @@ import threading
 # loads; an operator's own setting wins.
 os.environ.setdefault("GOMP_SPINCOUNT", "2000")
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import (
+    celeryd_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 
 from webui.celery import app
 from workers import tasks  # noqa: F401  (registers the tasks on the app)
@@ -53,3 +59,39 @@ _presence_stop = threading.Event()
 def stop_presence(**kwargs: object) -> None:
     """A worker shutting down cleanly stops counting as alive at once."""
     _presence_stop.set()
+
+
+# The worker's node name (``-n``), noted in the main process before it forks its pool:
+# answers name their worker "<node name>:<pid>", and so does the fleet.
+_node_name: str | None = None
+_fleet_stop = threading.Event()
+
+
+@celeryd_init.connect
+def note_node_name(sender: str | None = None, **kwargs: object) -> None:
+    global _node_name
+    _node_name = sender
+
+
+@worker_process_init.connect
+def report_to_fleet(**kwargs: object) -> None:
+    """Each pool child, which runs the answers, reports to the fleet (a thread: this
+    signal's handler must return within seconds)."""
+    import socket
+
+    from webui.chat.pools import POOLS
+    from workers.fleet import start_reporting
+
+    consumed = app.amqp.queues.consume_from or app.amqp.queues
+    pools = [name for name in consumed if name in POOLS]
+    worker = f"{_node_name or socket.gethostname()}:{os.getpid()}"
+    start_reporting(worker, pools, _fleet_stop)
+
+
+@worker_process_shutdown.connect
+def leave_fleet(**kwargs: object) -> None:
+    """A child stopping cleanly leaves the fleet now (not three reports later)."""
+    from workers.fleet import stop_reporting
+
+    _fleet_stop.set()
+    stop_reporting()

@@ -92,10 +92,12 @@ def build_request(answer: Message) -> GenerationRequest:
 
 
 class LiveStreams:
-    """How many answers this process streams now: they share ``config.DELTAS_PER_S``."""
+    """How many answers this process streams now: they share ``config.DELTAS_PER_S``.
+    Also counts the chunks (about a token each) they streamed, for the fleet's tokens/s."""
 
     def __init__(self) -> None:
         self._count = 0
+        self.tokens = 0
         self._lock = threading.Lock()
 
     def __enter__(self) -> LiveStreams:
@@ -106,6 +108,13 @@ class LiveStreams:
     def __exit__(self, *exc: object) -> None:
         with self._lock:
             self._count -= 1
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def streamed(self) -> None:
+        self.tokens += 1  # unlocked: a rare lost increment only nudges a displayed rate
 
     def flush_interval(self) -> float:
         """How long each stream collects text before sending it as one delta (an answer
@@ -141,6 +150,7 @@ class AnswerStream:
             self.first_token = time.monotonic()
         self.text += chunk
         self.chunks += 1
+        LIVE_STREAMS.streamed()
         # The first token goes out at once (time to first token); later ones are batched.
         due = time.monotonic() - self._last_flush >= LIVE_STREAMS.flush_interval()
         return self.chunks == 1 or due

@@ -39,7 +39,7 @@ from django.db import InterfaceError, OperationalError
 
 from webui.accounts.models import Profile
 from webui.accounts.selectors import session_user
-from webui.chat import client_messages, selectors, services, streams
+from webui.chat import client_messages, metrics, selectors, services, streams
 from webui.chat.client_messages import BadClientMessage
 from webui.chat.models import Conversation, Message
 
@@ -95,6 +95,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         # Join before reading the database, so nothing published in between is missed.
         self.group = streams.group_name(self.conversation_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
+        metrics.OPEN_SOCKETS.opened()
         await self.send_snapshot(conversation, resume=_parse_resume(self.scope))
 
     async def _sign_out(self, reason: str, code: int = CLOSE_SIGNED_OUT) -> None:
@@ -103,6 +104,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         if hasattr(self, "group"):
+            metrics.OPEN_SOCKETS.closed()
             await self.channel_layer.group_discard(self.group, self.channel_name)
         if hasattr(self, "user_group"):
             await self.channel_layer.group_discard(self.user_group, self.channel_name)

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from webui.chat import views
+from webui.chat import fleet_views, views
 
 app_name = "chat"
 urlpatterns = [
@@ -9,4 +9,5 @@ urlpatterns = [
     path("c/<int:conversation_id>/", views.conversation_page, name="conversation"),
     path("models/import-ollama/", views.import_ollama_models, name="import_ollama"),
     path("queue/", views.queue_page, name="queue"),
+    path("fleet/", fleet_views.fleet_page, name="fleet"),
 ]

@@ -69,12 +69,17 @@ def forget_worker(pool: str, worker: str) -> None:
     _redis().zrem(_presence_key(pool), worker)
 
 
+def live_workers(pool: str) -> int:
+    """How many workers of ``pool`` noted themselves alive lately (raises RedisError)."""
+    client = _redis()
+    now = float(client.time()[0])
+    return int(client.zcount(_presence_key(pool), now, "+inf"))
+
+
 def has_live_worker(pool: str) -> bool | None:
     """Whether any worker of ``pool`` noted itself alive lately; None if Redis cannot say."""
     try:
-        client = _redis()
-        now = float(client.time()[0])
-        return int(client.zcount(_presence_key(pool), now, "+inf")) > 0
+        return live_workers(pool) > 0
     except redis.RedisError:
         logger.warning("cannot tell whether a %s worker is alive", pool, exc_info=True)
         return None

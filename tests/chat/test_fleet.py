@@ -1,0 +1,74 @@
+"""The fleet: worker processes' reports in Redis, and the admins' Fleet page."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.test import Client
+
+from tests.chat.conftest import UNSERVED_POOL
+from webui.chat import fleet, wakeups
+from webui.chat.fleet import WorkerReport
+
+pytestmark = pytest.mark.django_db
+
+
+def a_report(worker: str, **changes) -> WorkerReport:
+    entry: WorkerReport = {
+        "worker": worker,
+        "host": "box",
+        "pid": 4242,
+        "pools": ["cpu"],
+        "models": [],
+        "answers": 0,
+        "tokens_per_second": 0.0,
+        "gpus": [],
+        "interval_s": 5.0,
+    }
+    return {**entry, **changes}  # type: ignore[typeddict-item]
+
+
+@pytest.fixture
+def clean_fleet():
+    yield
+    for entry in fleet.fleet():
+        fleet.forget(entry["report"]["worker"])
+
+
+def test_a_worker_that_stops_reporting_is_shown_lost(clean_fleet):
+    fleet.report(a_report("live@box:1"))
+    fleet.report(a_report("quiet@box:2", interval_s=0.05))
+    time.sleep(1.2)  # Redis's clock has whole seconds: well past three beats of 0.05 s
+    fleet.report(a_report("live@box:1"))
+    state = {e["report"]["worker"]: e["lost"] for e in fleet.fleet()}
+    assert state == {"live@box:1": False, "quiet@box:2": True}
+    fleet.forget("quiet@box:2")
+    assert [e["report"]["worker"] for e in fleet.fleet()] == ["live@box:1"]
+
+
+def test_the_fleet_page_is_for_admins_and_names_models(
+    alice, django_user_model, gemma, clean_fleet
+):
+    fleet.report(
+        a_report(
+            "cpu-1@box:77",
+            models=[gemma.target],
+            answers=3,
+            tokens_per_second=41.5,
+            gpus=[{"name": "NVIDIA H200", "memory_total_mib": 143771, "memory_used_mib": 1200}],
+        )
+    )
+    person = Client()
+    person.force_login(alice)
+    assert person.get("/fleet/").status_code == 404
+    admin = Client()
+    admin.force_login(django_user_model.objects.create_user("root", password="x", is_staff=True))
+    wakeups.forget_worker(UNSERVED_POOL, "test-presence")  # no worker of gemma's pool
+    page = admin.get("/fleet/").content.decode()
+    row = page[page.index('data-worker="cpu-1@box:77"') :].split("</tr>")[0]
+    assert 'data-state="live"' in row
+    for shown in (gemma.name, ">3<", "41.5", "NVIDIA H200 (1200 / 143771 MiB)"):
+        assert shown in row
+    # An enabled model's pool has no live worker: admins are told.
+    assert f"No {UNSERVED_POOL} worker is running" in page

@@ -1,0 +1,49 @@
+"""Real Celery workers report to the fleet: the process that runs the answers, with its
+pool, its loaded model and its batch; killed, it is shown lost three reports later."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.e2e.conftest import FAST_REAPER, POOL
+from tests.e2e.test_faults import answer_under_way, finished
+from webui.chat import fleet
+from webui.chat.models import Message
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+def entry_of(worker: str) -> fleet.FleetEntry | None:
+    return next((e for e in fleet.fleet() if e["report"]["worker"] == worker), None)
+
+
+def test_a_worker_reports_its_model_and_batch_and_is_lost_when_killed(
+    alice, long_gemma, gpu_workers, web_server
+):
+    process = gpu_workers("fleet").process
+    answer, client = answer_under_way(alice, long_gemma, "Tell a long story.", web_server)
+    worker = Message.objects.get(pk=answer.pk).worker  # the pool child running it
+    deadline = time.monotonic() + 20
+    while True:
+        entry = entry_of(worker)
+        if entry and entry["report"]["answers"] == 1 and entry["report"]["models"]:
+            break
+        assert time.monotonic() < deadline, fleet.fleet()
+        time.sleep(0.2)
+    report = entry["report"]
+    assert report["pools"] == [POOL] and report["models"] == [long_gemma.target]
+    assert report["pid"] == int(worker.rsplit(":", 1)[1]) and not entry["lost"]
+    client.wait_until(finished, timeout=90)
+    client.close()
+
+    os.killpg(process.pid, signal.SIGKILL)  # no goodbye: it must be noticed
+    process.wait()
+    beats = float(FAST_REAPER["CORRAL_REAP_INTERVAL_S"]) * fleet.BEATS_ALIVE
+    deadline = time.monotonic() + beats + 5
+    while not (entry := entry_of(worker)) or not entry["lost"]:
+        assert entry is not None and time.monotonic() < deadline, fleet.fleet()
+        time.sleep(0.2)
