@@ -56,6 +56,7 @@ ADMIN_URLS = [
     ("post", "/manage/groups/{g}/quota/"),
     ("get", "/manage/models/"),
     ("post", "/manage/models/"),
+    ("post", "/manage/models/register/"),
     ("get", "/fleet/"),
     ("get", "/manage/usage/"),
     ("get", "/manage/usage/?format=csv"),

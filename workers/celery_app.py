@@ -14,7 +14,6 @@ import threading
 os.environ.setdefault("GOMP_SPINCOUNT", "2000")
 
 from celery.signals import (
-    celeryd_init,
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
@@ -61,22 +60,14 @@ def stop_presence(**kwargs: object) -> None:
     _presence_stop.set()
 
 
-# The worker's node name (``-n``), noted in the main process before it forks its pool:
-# answers name their worker "<node name>:<pid>", and so does the fleet.
-_node_name: str | None = None
 _fleet_stop = threading.Event()
 
 
-@celeryd_init.connect
-def note_node_name(sender: str | None = None, **kwargs: object) -> None:
-    global _node_name
-    _node_name = sender
-
-
 @worker_process_init.connect
-def report_to_fleet(**kwargs: object) -> None:
+def report_to_fleet(sender: str | None = None, **kwargs: object) -> None:
     """Each pool child, which runs the answers, reports to the fleet (a thread: this
-    signal's handler must return within seconds)."""
+    signal's handler must return within seconds). ``sender`` is the worker's node name:
+    answers name their worker "<node name>:<pid>", and so does the fleet."""
     import socket
 
     from webui.chat.pools import POOLS
@@ -84,7 +75,7 @@ def report_to_fleet(**kwargs: object) -> None:
 
     consumed = app.amqp.queues.consume_from or app.amqp.queues
     pools = [name for name in consumed if name in POOLS]
-    worker = f"{_node_name or socket.gethostname()}:{os.getpid()}"
+    worker = f"{sender or socket.gethostname()}:{os.getpid()}"
     start_reporting(worker, pools, _fleet_stop)
 
 

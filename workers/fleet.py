@@ -27,7 +27,21 @@ _reporting_as: str | None = None
 _lock = threading.Lock()
 
 
+# nvidia-smi takes a while and lists every GPU of the host: asked at most this often.
+GPU_QUERY_INTERVAL_S = 30.0
+_gpu_cache: tuple[float, list[GpuReport]] | None = None
+
+
 def gpus() -> list[GpuReport]:
+    """The host's NVIDIA GPUs, as ``nvidia-smi`` last listed them (cached)."""
+    global _gpu_cache
+    now = time.monotonic()
+    if _gpu_cache is None or now - _gpu_cache[0] > GPU_QUERY_INTERVAL_S:
+        _gpu_cache = (now, query_gpus())
+    return _gpu_cache[1]
+
+
+def query_gpus() -> list[GpuReport]:
     """NVIDIA GPUs as ``nvidia-smi`` lists them; none where it is missing or fails."""
     smi = shutil.which("nvidia-smi")
     if smi is None:

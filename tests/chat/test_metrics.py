@@ -84,7 +84,10 @@ def test_figures_follow_the_database(alice, admin, gemma, cpu_model):
         started_at=now + timedelta(seconds=3),
         finished_at=now + timedelta(seconds=5),
         completion_tokens=40,
+        time_to_first_token_ms=300,
+        tokens_per_second=25.0,
     )
+    done.conversation.delete()  # the figures of answers that ran stay (the usage ledger)
     boss = Client()
     boss.force_login(admin)
     samples = scrape(boss)
@@ -92,7 +95,7 @@ def test_figures_follow_the_database(alice, admin, gemma, cpu_model):
     depth = samples["corral_queue_depth"]
     assert depth[(("pool", gemma.pool),)] == 2 and depth[(("pool", "cpu"),)] == 0
     assert samples["corral_answers"][(("state", "queued"),)] == 2
-    assert samples["corral_answers"][(("state", "done"),)] == 1
+    assert samples["corral_answers"][(("state", "done"),)] == 0  # deleted with its chat
     assert samples["corral_completion_tokens_total"][()] == 40
 
     ttft = samples["corral_time_to_first_token_seconds_bucket"]

@@ -18,6 +18,7 @@ from inference import (
     get_backend,
 )
 from inference.llama_cpp import fit_context
+from tests.gguf_files import write_tiny_llama
 
 
 def request(path: Path | str, *messages: ChatMessage, **options) -> GenerationRequest:
@@ -75,48 +76,7 @@ def test_a_file_that_is_not_gguf_is_a_clear_error(tmp_path):
 def test_gguf_without_template_or_configured_format_is_refused(tmp_path):
     """A random-weight GGUF written with the `gguf` package loads, but cannot be chatted
     with: it has no chat template and no chat format was configured."""
-    gguf = pytest.importorskip("gguf")
-    import numpy as np
-
-    path = tmp_path / "tiny.gguf"
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(1)
-    writer.add_context_length(64)
-    writer.add_embedding_length(8)
-    writer.add_feed_forward_length(16)
-    writer.add_head_count(2)
-    writer.add_head_count_kv(2)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_tokenizer_model("llama")
-    tokens = ["<unk>", "<s>", "</s>"] + [chr(c) for c in range(97, 123)]
-    writer.add_token_list(tokens)
-    writer.add_token_scores([0.0] * len(tokens))
-    writer.add_token_types([2, 3, 3] + [1] * 26)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    rng = np.random.default_rng(0)
-    vocab, dim = len(tokens), 8
-    tensors = {
-        "token_embd.weight": (vocab, dim),
-        "output_norm.weight": (dim,),
-        "output.weight": (vocab, dim),
-        "blk.0.attn_norm.weight": (dim,),
-        "blk.0.attn_q.weight": (dim, dim),
-        "blk.0.attn_k.weight": (dim, dim),
-        "blk.0.attn_v.weight": (dim, dim),
-        "blk.0.attn_output.weight": (dim, dim),
-        "blk.0.ffn_norm.weight": (dim,),
-        "blk.0.ffn_gate.weight": (16, dim),
-        "blk.0.ffn_up.weight": (16, dim),
-        "blk.0.ffn_down.weight": (dim, 16),
-    }
-    for name, shape in tensors.items():
-        writer.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-
+    path = write_tiny_llama(tmp_path / "tiny.gguf")
     spec = ModelSpec("llama_cpp", str(path), {"n_ctx": 64})
     with pytest.raises(BackendError, match="has no chat template; set a chat format"):
         list(

@@ -704,9 +704,10 @@ def test_queue_places_are_coalesced_per_pool_across_processes(alice, bob, gemma,
 
     groups = [streams.group_name(a.conversation_id) for a in answers]
     events = [e for e in collect_events(groups, burst) if e["type"] == "message.queue"]
-    # Rounds at least 0.5 s apart from 0.1 s to the end of the last interval (~1.7 s):
-    # at most five of five places; each thread on its own would send four.
-    assert len(events) % 5 == 0 and 5 <= len(events) <= 25
+    # Rounds at least 0.5 s apart from 0.1 s to past the burst: three during it, and at
+    # most one more per thread after (a thread's last request waits for its turn), so at
+    # most 5 rounds of five places, 6 with a stray; ungated, the two threads send 8.
+    assert len(events) % 5 == 0 and 5 <= len(events) <= 30
     last = {e["message"]: e["position"] for e in events}
     assert sorted(last.values()) == [1, 2, 3, 4, 5]
 

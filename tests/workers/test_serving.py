@@ -13,6 +13,7 @@ from tests.chat.conftest import UNSERVED_POOL
 from tests.ollama_server import OllamaTestServer
 from tests.workers.test_generation import ollama_model
 from tests.workers.test_jobs import limits
+from webui import config
 from webui.chat import services
 from webui.chat.models import Message
 from workers.serving import serve
@@ -89,12 +90,14 @@ def test_answers_that_cannot_share_a_process_take_turns(alice, gemma):
     assert second.started_at >= first.finished_at
 
 
-def test_stop_in_a_full_batch_lands_within_a_second_and_frees_the_slot(alice, gemma):
+def test_stop_in_a_full_batch_lands_within_a_second_and_frees_the_slot(alice, gemma, monkeypatch):
     """Four llama.cpp answers fill a batch of four and a fifth waits. Stop ends one of the
     four within a second, keeping its partial text; the fifth takes its slot at once, while
     the other three carry on to the end."""
+    monkeypatch.setattr(config, "CHECKPOINT_INTERVAL_S", 0.2)  # text in the DB sooner
     gemma.settings = {**gemma.settings, "batch_size": 4}
-    gemma.parameters = {**gemma.parameters, "max_tokens": 64}
+    # Long enough that the other three still run when the fifth joins, on a fast machine.
+    gemma.parameters = {**gemma.parameters, "max_tokens": 256}
     gemma.save()
     answers = send(alice, gemma, 5)
     runner = threading.Thread(target=serve, args=(UNSERVED_POOL, "test"))

@@ -15,7 +15,8 @@ from django.views.decorators.http import require_POST
 from webui.accounts import groups, invites, people
 from webui.accounts.decorators import admin_required
 from webui.accounts.models import Role, SignupMode, SiteSettings
-from webui.chat.models import LanguageModel
+from webui.chat import model_library
+from webui.chat.models import LanguageModel, Pool
 
 PEOPLE_PER_PAGE = 50
 
@@ -178,8 +179,29 @@ def models_page(request: HttpRequest) -> HttpResponse:
     context = {
         "models": LanguageModel.objects.prefetch_related("groups").order_by("name"),
         "groups": Group.objects.order_by("name"),
+        "files": model_library.unregistered_ggufs(),
+        "pools": Pool.choices,
+        "chat_formats": model_library.CHAT_FORMATS,
     }
     return render(request, "manage/models.html", context)
+
+
+@admin_required
+@require_POST
+def register_model(request: HttpRequest) -> HttpResponse:
+    """Register a GGUF that is already in the models folder, once its header checks out."""
+    try:
+        model = model_library.register_gguf(
+            name=request.POST.get("name", ""),
+            relative_path=request.POST.get("file", ""),
+            pool=request.POST.get("pool", ""),
+            chat_format=request.POST.get("chat_format", ""),
+        )
+    except model_library.ModelFileError as exc:
+        flash.error(request, str(exc))
+    else:
+        flash.success(request, f"Registered {model.name}.")
+    return redirect("manage:models")
 
 
 def _ids(values: list[str]) -> list[int]:

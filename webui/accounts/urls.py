@@ -27,4 +27,5 @@ manage_patterns = [
     path("manage/groups/", manage_views.groups_page, name="groups"),
     path("manage/groups/<int:group_id>/", manage_views.group_page, name="group"),
     path("manage/models/", manage_views.models_page, name="models"),
+    path("manage/models/register/", manage_views.register_model, name="register_model"),
 ]

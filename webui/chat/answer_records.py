@@ -23,4 +23,6 @@ def record_outcome(answer: Message) -> None:
         finished_at=answer.finished_at,
         prompt_tokens=answer.prompt_tokens,
         completion_tokens=answer.completion_tokens,
+        time_to_first_token_ms=answer.time_to_first_token_ms,
+        tokens_per_second=answer.tokens_per_second,
     )

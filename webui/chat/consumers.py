@@ -96,6 +96,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         self.group = streams.group_name(self.conversation_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
         metrics.OPEN_SOCKETS.opened()
+        self.counted = True
         await self.send_snapshot(conversation, resume=_parse_resume(self.scope))
 
     async def _sign_out(self, reason: str, code: int = CLOSE_SIGNED_OUT) -> None:
@@ -103,8 +104,10 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         await self.close(code=code)
 
     async def disconnect(self, code: int) -> None:
-        if hasattr(self, "group"):
+        if getattr(self, "counted", False):
+            self.counted = False
             metrics.OPEN_SOCKETS.closed()
+        if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
         if hasattr(self, "user_group"):
             await self.channel_layer.group_discard(self.user_group, self.channel_name)

@@ -51,7 +51,12 @@ class FleetEntry(TypedDict):
 
 @cache
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(config.redis_url())
+    return redis.Redis.from_url(config.redis_url(), socket_timeout=2, socket_connect_timeout=2)
+
+
+def _now(client: redis.Redis) -> float:
+    seconds, microseconds = client.time()
+    return float(seconds) + float(microseconds) / 1e6
 
 
 def _key(worker: str) -> str:
@@ -61,7 +66,7 @@ def _key(worker: str) -> str:
 def report(entry: WorkerReport) -> None:
     """Note ``entry`` as its worker's latest report (raises RedisError)."""
     client = _redis()
-    now = float(client.time()[0])
+    now = _now(client)
     with client.pipeline(transaction=False) as pipe:
         pipe.zadd(_INDEX, {entry["worker"]: now})
         pipe.set(_key(entry["worker"]), json.dumps(entry), ex=KEEP_LOST_S)
@@ -79,7 +84,7 @@ def forget(worker: str) -> None:
 def fleet() -> list[FleetEntry]:
     """Every worker process that reported lately, live ones first, then by id."""
     client = _redis()
-    now = float(client.time()[0])
+    now = _now(client)
     # redis-py types its replies loosely: with scores, these are (member, score) pairs.
     seen = cast(
         list[tuple[bytes, float]],

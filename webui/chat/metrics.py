@@ -2,8 +2,10 @@
 web process reports the same figures whichever one a scrape reaches (only open websockets
 are this process's own).
 
-Histograms are built from every answer the database holds (cumulative, as Prometheus
-expects); ``rate()`` over ``corral_completion_tokens_total`` gives tokens per second.
+Counters and histograms come from the usage ledger (``AnswerRecord``: one row per answer,
+kept when its conversation is deleted), so they only grow, as Prometheus expects (unless a
+person is deleted); ``rate()`` over ``corral_completion_tokens_total`` gives tokens per
+second.
 """
 
 from __future__ import annotations
@@ -132,16 +134,17 @@ class CorralCollector:
         tokens.add_metric([], AnswerRecord.objects.aggregate(n=Sum("completion_tokens"))["n"] or 0)
         yield tokens
 
+        records = AnswerRecord.objects.all()
         yield _histogram(
             "corral_time_to_first_token_seconds",
             "From the start of generation to the first token, per answer.",
-            answers.filter(time_to_first_token_ms__isnull=False),
+            records.filter(time_to_first_token_ms__isnull=False),
             "time_to_first_token_ms",
             TTFT_BUCKETS_S,
             bound=lambda seconds: seconds * 1000,
             seconds=lambda milliseconds: milliseconds / 1000,
         )
-        waits = AnswerRecord.objects.filter(started_at__isnull=False).annotate(
+        waits = records.filter(started_at__isnull=False).annotate(
             wait=ExpressionWrapper(F("started_at") - F("created_at"), output_field=DurationField())
         )
         yield _histogram(
@@ -156,7 +159,7 @@ class CorralCollector:
         yield _histogram(
             "corral_answer_tokens_per_second",
             "Generation speed of each finished answer.",
-            answers.filter(tokens_per_second__isnull=False),
+            records.filter(tokens_per_second__isnull=False),
             "tokens_per_second",
             TOKENS_PER_SECOND_BUCKETS,
             bound=float,

@@ -20,7 +20,7 @@ def _has_token(request: HttpRequest) -> bool:
     expected = config.METRICS_TOKEN
     return (
         bool(expected)
-        and scheme == "Bearer"
+        and scheme.lower() == "bearer"
         and hmac.compare_digest(token.encode(), expected.encode())
     )
 

@@ -28,6 +28,9 @@ class LanguageModel(models.Model):
     # Default sampling parameters (inference.SamplingOptions fields).
     parameters = models.JSONField(default=dict, blank=True)
     enabled = models.BooleanField(default=True)
+    # What its file says about itself (inference.gguf_info.GgufInfo, for llama.cpp
+    # models), read when it was registered.
+    details = models.JSONField(default=dict, blank=True)
     # Who may use it: members of these groups, or everyone when there are none.
     groups = models.ManyToManyField(Group, blank=True, related_name="language_models")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -179,6 +182,8 @@ class AnswerRecord(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    time_to_first_token_ms = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_second = models.FloatField(null=True, blank=True)
 
     class Meta:
         indexes = [

@@ -165,7 +165,7 @@ def _round_held_elsewhere(pool: str) -> float:
 
 @cache
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(config.redis_url())
+    return redis.Redis.from_url(config.redis_url(), socket_timeout=2, socket_connect_timeout=2)
 
 
 class _QueueNotices:
@@ -179,6 +179,12 @@ class _QueueNotices:
         self._last_round: dict[str, float] = {}
         self._sending = False
         self._pid: int | None = None
+        # A child forked while this process's thread held the lock would inherit it held.
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        self._lock = threading.Condition()
+        self._due, self._last_round, self._sending, self._pid = {}, {}, False, None
 
     def request(self, pool: str) -> None:
         with self._lock:
@@ -202,11 +208,13 @@ class _QueueNotices:
                 if wait > 0:
                     self._lock.wait(wait)
                     continue
-                held_for = _round_held_elsewhere(pool)
+            # Outside the lock: callers of request() never wait on Redis.
+            held_for = _round_held_elsewhere(pool)
+            with self._lock:
                 if held_for:  # another process sent this pool's round: the next is ours
-                    self._due[pool] = time.monotonic() + held_for
+                    self._due[pool] = max(self._due.get(pool, 0.0), time.monotonic() + held_for)
                     continue
-                del self._due[pool]
+                self._due.pop(pool, None)
                 self._last_round[pool] = time.monotonic()
                 self._sending = True
             try:

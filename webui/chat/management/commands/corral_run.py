@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import redis
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
@@ -27,8 +28,11 @@ def wait_for_workers(supervisor: processes.Supervisor, pools: list[str]) -> None
     """Until a worker of every pool noted itself alive, a child exited, or the timeout."""
     deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
     while time.monotonic() < deadline and supervisor.first_exit() is None:
-        if all(wakeups.has_live_worker(pool) for pool in pools):
-            return
+        try:
+            if all(wakeups.live_workers(pool) for pool in pools):
+                return
+        except redis.RedisError:  # not up yet: asked again in a moment, quietly
+            pass
         time.sleep(0.2)
 
 
