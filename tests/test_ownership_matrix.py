@@ -19,7 +19,7 @@ from webui.chat.models import Conversation, Message, SharedLink
 pytestmark = pytest.mark.django_db
 
 # {c}: Alice's conversation, {q}: her question, {a}: her answer, {l}: her share link,
-# {u}: a person, {g}: a group, {i}: an invite.
+# {u}: a person, {g}: a group, {i}: an invite, {m}: a model.
 OWNER_URLS = [
     ("get", "/c/{c}/"),
     ("post", "/c/{c}/rename/"),
@@ -57,6 +57,8 @@ ADMIN_URLS = [
     ("get", "/manage/models/"),
     ("post", "/manage/models/"),
     ("post", "/manage/models/register/"),
+    ("get", "/manage/models/{m}/"),
+    ("post", "/manage/models/{m}/"),
     ("get", "/fleet/"),
     ("get", "/manage/usage/"),
     ("get", "/manage/usage/?format=csv"),
@@ -105,6 +107,7 @@ def world(alice, bob, gemma, django_user_model):
         "u": alice.pk,
         "g": group.pk,
         "i": invite.pk,
+        "m": gemma.pk,
     }
     return values
 

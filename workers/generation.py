@@ -73,8 +73,10 @@ def build_request(answer: Message) -> GenerationRequest:
         if message.content  # a failed answer with no text says nothing to the model
     )
     conversation = answer.conversation
-    if conversation.system_prompt:
-        history = (ChatMessage(role="system", content=conversation.system_prompt), *history)
+    # The conversation's own system prompt, else its model's default.
+    system_prompt = conversation.system_prompt or answer.model.system_prompt
+    if system_prompt:
+        history = (ChatMessage(role="system", content=system_prompt), *history)
     try:
         # The conversation's own settings (conversation_settings) over the model's defaults.
         options = SamplingOptions(**{**answer.model.parameters, **conversation.parameters})

@@ -15,7 +15,7 @@ from django.views.decorators.http import require_POST
 from webui.accounts import groups, invites, people
 from webui.accounts.decorators import admin_required
 from webui.accounts.models import Role, SignupMode, SiteSettings
-from webui.chat import model_library
+from webui.chat import model_library, model_settings
 from webui.chat.models import LanguageModel, Pool
 
 PEOPLE_PER_PAGE = 50
@@ -184,6 +184,28 @@ def models_page(request: HttpRequest) -> HttpResponse:
         "chat_formats": model_library.CHAT_FORMATS,
     }
     return render(request, "manage/models.html", context)
+
+
+@admin_required
+def model_page(request: HttpRequest, model_id: int) -> HttpResponse:
+    """One model's settings: name, pool, loading, default sampling, system prompt."""
+    model = get_object_or_404(LanguageModel, pk=model_id)
+    if request.method == "POST":
+        try:
+            model_settings.update_model_settings(model, request.POST)
+        except model_settings.ModelSettingsError as exc:
+            flash.error(request, str(exc))
+        else:
+            flash.success(request, f"Saved the settings of {model.name}.")
+        return redirect("manage:model", model_id=model.pk)
+    context = {
+        "model": model,
+        "pools": Pool.choices,
+        "chat_formats": model_library.CHAT_FORMATS,
+        "load_fields": model_settings.LOAD_FIELDS,
+        "sampling_fields": list(model_settings.SAMPLING_FIELDS),
+    }
+    return render(request, "manage/model.html", context)
 
 
 @admin_required

@@ -28,4 +28,5 @@ manage_patterns = [
     path("manage/groups/<int:group_id>/", manage_views.group_page, name="group"),
     path("manage/models/", manage_views.models_page, name="models"),
     path("manage/models/register/", manage_views.register_model, name="register_model"),
+    path("manage/models/<int:model_id>/", manage_views.model_page, name="model"),
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from django.db import IntegrityError
+from django.db import IntegrityError, transaction
 
 from inference.gguf_info import InvalidGguf, inspect_gguf
 from webui import config
@@ -80,14 +80,15 @@ def register_gguf(
             "with (for example gemma)."
         )
     try:
-        return LanguageModel.objects.create(
-            name=name,
-            backend=Backend.LLAMA_CPP,
-            target=str(path),
-            pool=pool,
-            settings={"chat_format": chat_format} if chat_format else {},
-            details=asdict(info),
-        )
+        with transaction.atomic():  # a savepoint: the request's transaction goes on
+            return LanguageModel.objects.create(
+                name=name,
+                backend=Backend.LLAMA_CPP,
+                target=str(path),
+                pool=pool,
+                settings={"chat_format": chat_format} if chat_format else {},
+                details=asdict(info),
+            )
     except IntegrityError:
         raise ModelFileError(f"A model named {name!r} exists already.") from None
 

@@ -27,6 +27,8 @@ class LanguageModel(models.Model):
     settings = models.JSONField(default=dict, blank=True)
     # Default sampling parameters (inference.SamplingOptions fields).
     parameters = models.JSONField(default=dict, blank=True)
+    # Used by conversations that set none of their own.
+    system_prompt = models.TextField(blank=True)
     enabled = models.BooleanField(default=True)
     # What its file says about itself (inference.gguf_info.GgufInfo, for llama.cpp
     # models), read when it was registered.
