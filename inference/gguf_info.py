@@ -87,7 +87,6 @@ def inspect_gguf(path: Path) -> GgufInfo:
             capture_output=True,
             text=True,
             timeout=WALL_LIMIT_S,
-            preexec_fn=_limit_child,
             cwd=Path(__file__).resolve().parent.parent,
         )
     except subprocess.TimeoutExpired:
@@ -104,6 +103,9 @@ def inspect_gguf(path: Path) -> GgufInfo:
 
 
 def _main(argv: list[str]) -> int:
+    # The child limits itself before it reads anything (preexec_fn is not safe in a
+    # threaded parent such as the web server).
+    _limit_child()
     try:
         info = read_gguf_info(Path(argv[1]))
     except InvalidGguf as exc:
