@@ -47,9 +47,7 @@ def test_a_worker_that_stops_reporting_is_shown_lost(clean_fleet):
     assert [e["report"]["worker"] for e in fleet.fleet()] == ["live@box:1"]
 
 
-def test_the_fleet_page_is_for_admins_and_names_models(
-    alice, django_user_model, gemma, clean_fleet
-):
+def test_the_fleet_page_is_for_admins_and_names_models(alice, admin_client, gemma, clean_fleet):
     fleet.report(
         a_report(
             "cpu-1@box:77",
@@ -62,10 +60,8 @@ def test_the_fleet_page_is_for_admins_and_names_models(
     person = Client()
     person.force_login(alice)
     assert person.get("/fleet/").status_code == 404
-    admin = Client()
-    admin.force_login(django_user_model.objects.create_user("root", password="x", is_staff=True))
     wakeups.forget_worker(UNSERVED_POOL, "test-presence")  # no worker of gemma's pool
-    page = admin.get("/fleet/").content.decode()
+    page = admin_client.get("/fleet/").content.decode()
     row = page[page.index('data-worker="cpu-1@box:77"') :].split("</tr>")[0]
     assert 'data-state="live"' in row
     for shown in (gemma.name, ">3<", "41.5", "NVIDIA H200 (1200 / 143771 MiB)"):

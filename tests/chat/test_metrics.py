@@ -20,11 +20,6 @@ from webui.chat.models import AnswerRecord, Conversation, Message
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def admin(django_user_model):
-    return django_user_model.objects.create_user("root", password="x", is_staff=True)
-
-
 def scrape(client: Client, **headers: str) -> dict[str, dict[tuple, float]]:
     """Each sample by name, then by its labels."""
     response = client.get("/metrics", headers=headers)
@@ -37,7 +32,7 @@ def scrape(client: Client, **headers: str) -> dict[str, dict[tuple, float]]:
     return samples
 
 
-def test_metrics_are_never_anonymous_and_only_for_admins(alice, admin, monkeypatch):
+def test_metrics_are_never_anonymous_and_only_for_admins(alice, admin_client, monkeypatch):
     monkeypatch.setattr(config, "METRICS_TOKEN", "a-long-scraper-token-0123456789")
     anonymous = Client().get("/metrics")
     assert anonymous.status_code == 401 and anonymous["WWW-Authenticate"].startswith("Bearer")
@@ -47,9 +42,7 @@ def test_metrics_are_never_anonymous_and_only_for_admins(alice, admin, monkeypat
     person = Client()
     person.force_login(alice)
     assert person.get("/metrics").status_code == 403
-    boss = Client()
-    boss.force_login(admin)
-    assert "corral_queue_depth" in scrape(boss)
+    assert "corral_queue_depth" in scrape(admin_client)
     token = {"Authorization": "Bearer a-long-scraper-token-0123456789"}
     assert "corral_queue_depth" in scrape(Client(), **token)
 
@@ -59,7 +52,7 @@ def test_no_token_configured_means_admins_only(monkeypatch):
     assert Client().get("/metrics", headers={"Authorization": "Bearer "}).status_code == 401
 
 
-def test_figures_follow_the_database(alice, admin, gemma, cpu_model):
+def test_figures_follow_the_database(alice, admin_client, gemma, cpu_model):
     now = timezone.now()
     for _ in range(2):
         conversation = Conversation.objects.create(owner=alice, model=gemma)
@@ -88,9 +81,7 @@ def test_figures_follow_the_database(alice, admin, gemma, cpu_model):
         tokens_per_second=25.0,
     )
     done.conversation.delete()  # the figures of answers that ran stay (the usage ledger)
-    boss = Client()
-    boss.force_login(admin)
-    samples = scrape(boss)
+    samples = scrape(admin_client)
 
     depth = samples["corral_queue_depth"]
     assert depth[(("pool", gemma.pool),)] == 2 and depth[(("pool", "cpu"),)] == 0
@@ -109,15 +100,13 @@ def test_figures_follow_the_database(alice, admin, gemma, cpu_model):
     assert samples["corral_answer_tokens_per_second_count"][()] == 1
 
 
-def test_open_websockets_are_counted_while_open(alice, admin, gemma):
+def test_open_websockets_are_counted_while_open(alice, admin_client, gemma):
     conversation, _, _ = services.send_message(
         user=alice, conversation_id=None, text="hi", model_id=gemma.pk
     )
-    boss = Client()
-    boss.force_login(admin)
 
     def open_sockets() -> float:
-        return scrape(boss)["corral_open_websockets"][()]
+        return scrape(admin_client)["corral_open_websockets"][()]
 
     before = open_sockets()
     cookie = session_cookie(alice)

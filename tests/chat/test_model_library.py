@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 
 import pytest
-from django.test import Client
 
 from tests.gguf_files import (
     TINY_LLAMA_PARAMETERS,
@@ -30,20 +29,13 @@ def models_dir(tmp_path, monkeypatch):
     return folder
 
 
-@pytest.fixture
-def admin(django_user_model):
-    client = Client()
-    client.force_login(django_user_model.objects.create_user("root", password="x", is_staff=True))
-    return client
-
-
-def test_an_admin_registers_a_file_and_the_library_shows_its_header(models_dir, admin):
+def test_an_admin_registers_a_file_and_the_library_shows_its_header(models_dir, admin_client):
     (models_dir / "team").mkdir()
     write_tiny_llama(models_dir / "team" / "tiny.gguf", chat_template="{{ messages }}")
-    page = admin.get("/manage/models/").content.decode()
+    page = admin_client.get("/manage/models/").content.decode()
     assert '<option value="team/tiny.gguf">' in page
 
-    done = admin.post(
+    done = admin_client.post(
         "/manage/models/register/",
         {"file": "team/tiny.gguf", "name": "tiny", "pool": "cpu", "chat_format": ""},
         follow=True,
@@ -52,7 +44,7 @@ def test_an_admin_registers_a_file_and_the_library_shows_its_header(models_dir, 
     model = LanguageModel.objects.get(name="tiny")
     assert model.target == str((models_dir / "team" / "tiny.gguf").resolve())
     assert model.details["parameters"] == TINY_LLAMA_PARAMETERS
-    page = admin.get("/manage/models/").content.decode()
+    page = admin_client.get("/manage/models/").content.decode()
     row = page[page.index('data-model="tiny"') :].split("</tr>")[0]
     for shown in ("llama", "1,128", "ALL_F32", ">64<", ">yes<"):
         assert shown in row
@@ -78,9 +70,9 @@ def test_nothing_outside_the_models_folder_can_be_registered(models_dir, tmp_pat
         (write_huge_declared_array, "its header asks for more memory or time than a header needs"),
     ],
 )
-def test_a_bad_file_is_not_registered_and_says_why(models_dir, admin, write, reason):
+def test_a_bad_file_is_not_registered_and_says_why(models_dir, admin_client, write, reason):
     write(models_dir / "bad.gguf")
-    done = admin.post(
+    done = admin_client.post(
         "/manage/models/register/",
         {"file": "bad.gguf", "name": "bad", "pool": "cpu", "chat_format": "gemma"},
         follow=True,

@@ -4,7 +4,6 @@ all, and used by answers (a model's system prompt for conversations without thei
 from __future__ import annotations
 
 import pytest
-from django.test import Client
 
 from webui.chat import services
 from webui.chat.models import LanguageModel
@@ -28,15 +27,8 @@ GOOD = {
 }
 
 
-@pytest.fixture
-def admin(django_user_model):
-    client = Client()
-    client.force_login(django_user_model.objects.create_user("root", password="x", is_staff=True))
-    return client
-
-
-def test_an_admin_changes_a_models_settings(admin, gemma):
-    done = admin.post(f"/manage/models/{gemma.pk}/", GOOD, follow=True)
+def test_an_admin_changes_a_models_settings(admin_client, gemma):
+    done = admin_client.post(f"/manage/models/{gemma.pk}/", GOOD, follow=True)
     assert "Saved the settings of gemma small." in done.content.decode()
     gemma.refresh_from_db()
     assert (gemma.name, gemma.pool) == ("gemma small", "gpu")
@@ -48,7 +40,7 @@ def test_an_admin_changes_a_models_settings(admin, gemma):
     }
     # Empty fields fall back to the defaults: the fixture's seed stays, nothing else.
     assert gemma.parameters == {"temperature": 0.3, "top_k": 20, "max_tokens": 64, "seed": 7}
-    page = admin.get(f"/manage/models/{gemma.pk}/").content.decode()
+    page = admin_client.get(f"/manage/models/{gemma.pk}/").content.decode()
     assert 'name="n_ctx" inputmode="numeric" value="1024"' in page
     assert "Answer in one sentence.</textarea>" in page
 
@@ -65,9 +57,9 @@ def test_an_admin_changes_a_models_settings(admin, gemma):
         ("name", "  ", "Give the model a name."),
     ],
 )
-def test_a_refused_value_says_why_and_saves_nothing(admin, gemma, field, value, says):
+def test_a_refused_value_says_why_and_saves_nothing(admin_client, gemma, field, value, says):
     before = LanguageModel.objects.values().get(pk=gemma.pk)
-    done = admin.post(f"/manage/models/{gemma.pk}/", {**GOOD, field: value}, follow=True)
+    done = admin_client.post(f"/manage/models/{gemma.pk}/", {**GOOD, field: value}, follow=True)
     assert says in done.content.decode()
     assert LanguageModel.objects.values().get(pk=gemma.pk) == before
 

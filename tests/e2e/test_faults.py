@@ -161,24 +161,26 @@ def test_a_killed_worker_with_a_full_batch_has_every_answer_continued_elsewhere(
         assert client.gaps == 0
 
 
+def skewed_worker(stack_env, offset_s: float, log: Path, queues: str, label: str):
+    """A real worker whose Django clock runs ``offset_s`` off (tests/e2e/clock_skew), with
+    the fast reaper."""
+    skew = Path(__file__).parent / "clock_skew"
+    env = {
+        **stack_env,
+        **FAST_REAPER,
+        "CORRAL_TEST_CLOCK_OFFSET_S": str(offset_s),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(skew), stack_env.get("PYTHONPATH")])),
+    }
+    return start_worker(env, log, queues=queues, label=label)
+
+
 def test_a_worker_whose_clock_is_30_s_late_is_not_taken_for_lost(
     alice, long_gemma, stack_env, gpu_workers, web_server, tmp_path
 ):
     """Heartbeats and the reaper use the database's clock: a worker whose clock is 30 s
     behind writes fresh heartbeats, and a correct worker's reaper leaves its answer alone.
     (The offset is injected into the worker's Django clock by tests/e2e/clock_skew.)"""
-    skew = Path(__file__).parent / "clock_skew"
-    late = start_worker(
-        {
-            **stack_env,
-            **FAST_REAPER,
-            "CORRAL_TEST_CLOCK_OFFSET_S": "-30",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(skew), stack_env.get("PYTHONPATH")])),
-        },
-        tmp_path / "late.log",
-        queues=POOL,
-        label="late-clock",
-    )
+    late = skewed_worker(stack_env, -30, tmp_path / "late.log", queues=POOL, label="late-clock")
     try:
         answer, client = answer_under_way(
             alice, long_gemma, "Tell a long story about a lighthouse.", web_server
@@ -201,18 +203,8 @@ def test_a_worker_whose_clock_is_30_s_ahead_reaps_no_healthy_answer(
     """The harmful way round: a worker whose clock runs 30 s ahead would, judging by its
     own clock, find every other worker's heartbeat stale. Its reaper (every second) runs
     beside an answer that a correct worker generates, and leaves it alone."""
-    skew = Path(__file__).parent / "clock_skew"
-    ahead = start_worker(
-        {
-            **stack_env,
-            **FAST_REAPER,
-            "CORRAL_TEST_CLOCK_OFFSET_S": "30",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(skew), stack_env.get("PYTHONPATH")])),
-        },
-        tmp_path / "ahead.log",
-        queues="cpu",  # it only reaps: the answer is the gpu pool's
-        label="ahead-clock",
-    )
+    # It only reaps: the answer is the gpu pool's.
+    ahead = skewed_worker(stack_env, 30, tmp_path / "ahead.log", queues="cpu", label="ahead-clock")
     try:
         gpu_workers("on-time")
         answer, client = answer_under_way(

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-from functools import cache
 from typing import Any, TypedDict, cast
 
 import redis
 
-from webui import config
+from webui.chat.redis_client import background_redis
 
 logger = logging.getLogger("corral.fleet")
 
@@ -49,11 +48,6 @@ class FleetEntry(TypedDict):
     lost: bool
 
 
-@cache
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(config.redis_url(), socket_timeout=2, socket_connect_timeout=2)
-
-
 def _now(client: redis.Redis) -> float:
     seconds, microseconds = client.time()
     return float(seconds) + float(microseconds) / 1e6
@@ -65,7 +59,7 @@ def _key(worker: str) -> str:
 
 def report(entry: WorkerReport) -> None:
     """Note ``entry`` as its worker's latest report (raises RedisError)."""
-    client = _redis()
+    client = background_redis()
     now = _now(client)
     with client.pipeline(transaction=False) as pipe:
         pipe.zadd(_INDEX, {entry["worker"]: now})
@@ -76,14 +70,14 @@ def report(entry: WorkerReport) -> None:
 
 def forget(worker: str) -> None:
     """A worker process that stops cleanly leaves the fleet at once."""
-    client = _redis()
+    client = background_redis()
     client.zrem(_INDEX, worker)
     client.delete(_key(worker))
 
 
 def fleet() -> list[FleetEntry]:
     """Every worker process that reported lately, live ones first, then by id."""
-    client = _redis()
+    client = background_redis()
     now = _now(client)
     # redis-py types its replies loosely: with scores, these are (member, score) pairs.
     seen = cast(

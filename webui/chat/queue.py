@@ -12,7 +12,6 @@ import threading
 import time
 from collections import defaultdict
 from datetime import datetime
-from functools import cache
 from typing import Any
 
 import redis
@@ -23,6 +22,7 @@ from webui import config
 from webui.chat import streams, wakeups
 from webui.chat.models import Message
 from webui.chat.pools import POOLS
+from webui.chat.redis_client import background_redis
 from webui.chat.streams import QueueEvent, QueuePlace
 
 logger = logging.getLogger("corral.queue")
@@ -155,17 +155,12 @@ def _round_held_elsewhere(pool: str) -> float:
     interval_ms = max(1, int(config.QUEUE_EVENT_INTERVAL_S * 1000))
     key = f"corral:queue-round:{pool}"
     try:
-        client = _redis()
+        client = background_redis()
         if client.set(key, os.getpid(), nx=True, px=interval_ms):
             return 0.0
         return max(int(client.pttl(key)), 1) / 1000
     except redis.RedisError:  # the round itself goes through Redis: it will say more
         return 0.0
-
-
-@cache
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(config.redis_url(), socket_timeout=2, socket_connect_timeout=2)
 
 
 class _QueueNotices:
