@@ -41,6 +41,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--n-gpu-layers", type=int, default=0, help="-1: every layer")
     parser.add_argument(
+        "--pool", default="cpu", choices=("cpu", "gpu"), help="the model's pool and worker queue"
+    )
+    parser.add_argument(
         "--worker-threads", type=int, default=0, help="Corral's llama.cpp threads (0: --threads)"
     )
     return parser.parse_args()
@@ -158,6 +161,7 @@ def main() -> None:
         target=str(path),
         settings=settings,
         parameters={"max_tokens": args.tokens, **SAMPLING},
+        pool=args.pool,
     )
 
     supervisor = processes.Supervisor()
@@ -166,7 +170,7 @@ def main() -> None:
     logs = tmp / "logs"
     logs.mkdir()
     try:
-        supervisor.start("worker", processes.worker_argv(["cpu"], 1, "bench@%h"))
+        supervisor.start("worker", processes.worker_argv([args.pool], 1, "bench@%h"))
         supervisor.start("web", processes.web_argv("127.0.0.1", port))
         processes.wait_for_port("127.0.0.1", port)
         base_url = f"http://127.0.0.1:{port}"
@@ -186,6 +190,16 @@ def main() -> None:
         for _ in range(args.runs):
             raw.append(raw_run(llm, args.tokens))
             corral.append(corral_run(base_url, user, model, args.tokens))
+        from webui.chat.fleet import fleet
+
+        # What the Fleet page shows for the worker that served the answers (its GPUs too),
+        # once a report names the loaded model: reports come every few seconds.
+        reports: list = []
+        for _ in range(30):
+            reports = [entry["report"] for entry in fleet()]
+            if any(report["models"] for report in reports):
+                break
+            time.sleep(0.5)
     finally:
         supervisor.stop()
         if redis:
@@ -207,6 +221,8 @@ def main() -> None:
         "corral_ttft_ms": round(median(corral, "ttft_ms"), 1),
         "tokens": [r["tokens"] for r in corral],
         "gaps": sum(r["gaps"] for r in corral),
+        "pool": args.pool,
+        "fleet": reports,
     }
     figures["tok_s_ratio"] = round(figures["corral_tok_s"] / figures["raw_tok_s"], 3)
     # Each Corral run over the raw run just before it: this machine's speed drifts between
@@ -229,6 +245,8 @@ def main() -> None:
     )
     print(f"TTFT overhead: {figures['ttft_overhead_ms']} ms (target <= 30 ms)")
     print(f"completion tokens per Corral run: {figures['tokens']}; gaps seen: {figures['gaps']}")
+    for report in reports:
+        print(f"fleet: {json.dumps(report)}")
 
 
 if __name__ == "__main__":

@@ -27,18 +27,19 @@ _reporting_as: str | None = None
 _lock = threading.Lock()
 
 
-# nvidia-smi takes a while and lists every GPU of the host: asked at most this often.
+# nvidia-smi takes a while and lists every GPU of the host: asked at most this often, and
+# again when the process loads or drops a model (its memory use changes then).
 GPU_QUERY_INTERVAL_S = 30.0
-_gpu_cache: tuple[float, list[GpuReport]] | None = None
+_gpu_cache: tuple[float, tuple[str, ...], list[GpuReport]] | None = None
 
 
-def gpus() -> list[GpuReport]:
+def gpus(models: Iterable[str] = ()) -> list[GpuReport]:
     """The host's NVIDIA GPUs, as ``nvidia-smi`` last listed them (cached)."""
     global _gpu_cache
-    now = time.monotonic()
-    if _gpu_cache is None or now - _gpu_cache[0] > GPU_QUERY_INTERVAL_S:
-        _gpu_cache = (now, query_gpus())
-    return _gpu_cache[1]
+    now, loaded = time.monotonic(), tuple(sorted(models))
+    if _gpu_cache is None or now - _gpu_cache[0] > GPU_QUERY_INTERVAL_S or loaded != _gpu_cache[1]:
+        _gpu_cache = (now, loaded, query_gpus())
+    return _gpu_cache[2]
 
 
 def query_gpus() -> list[GpuReport]:
@@ -73,6 +74,7 @@ def report_forever(worker: str, pools: list[str], stop: threading.Event) -> None
         now, now_tokens = time.monotonic(), LIVE_STREAMS.tokens
         rate = (now_tokens - tokens) / (now - since) if now > since else 0.0
         tokens, since = now_tokens, now
+        models = loaded_models()
         try:
             fleet.report(
                 {
@@ -80,10 +82,10 @@ def report_forever(worker: str, pools: list[str], stop: threading.Event) -> None
                     "host": socket.gethostname(),
                     "pid": os.getpid(),
                     "pools": pools,
-                    "models": loaded_models(),
+                    "models": models,
                     "answers": LIVE_STREAMS.count,
                     "tokens_per_second": round(rate, 1),
-                    "gpus": gpus(),
+                    "gpus": gpus(models),
                     "interval_s": interval,
                 }
             )

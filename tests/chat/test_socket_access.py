@@ -34,6 +34,14 @@ async def _until_closed(comm, timeout: float = 10) -> tuple[list[dict], int | No
         events.append(json.loads(output["text"]))
 
 
+async def _reply(comm) -> dict:
+    """The next message that answers us: a queued answer's place (a hint sent whenever the
+    queue moves) may come first."""
+    while (event := await comm.receive_json_from(timeout=5))["type"] == "queue":
+        pass
+    return event
+
+
 async def _open(comm) -> None:
     connected, _ = await comm.connect(timeout=5)
     assert connected
@@ -113,9 +121,7 @@ def test_password_change_closes_every_other_session(alice, gemma):
         )
         closed = await _until_closed(comm_other)
         await comm_kept.send_json_to({"type": "sync"})
-        still_open = await comm_kept.receive_json_from(timeout=5)
-        while still_open["type"] == "queue":  # the queued answer's place may come first
-            still_open = await comm_kept.receive_json_from(timeout=5)
+        still_open = await _reply(comm_kept)
         await comm_kept.disconnect()
         return closed, still_open
 
@@ -142,7 +148,7 @@ def test_malformed_messages_are_refused_without_echo_and_change_nothing(frame, a
     async def scenario():
         await _open(comm)
         await comm.send_to(text_data=frame)
-        reply = await comm.receive_json_from(timeout=5)
+        reply = await _reply(comm)
         await comm.disconnect()
         return reply
 
