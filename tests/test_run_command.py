@@ -114,7 +114,8 @@ def test_corral_run_serves_chat_on_embedded_services_and_ctrl_c_stops_all(tmp_pa
         assert client.answer()["content"]
 
         children = _children(runner.pid)
-        assert len(children) == 3, children  # redis-server, celery worker, uvicorn
+        # redis-server, the answer worker, the model-jobs worker, uvicorn
+        assert len(children) == 4, children
     finally:
         runner.send_signal(signal.SIGINT)
         try:

@@ -13,6 +13,8 @@ from webui import config  # noqa: E402  (after DJANGO_SETTINGS_MODULE, before Dj
 
 # The one task the web side sends: "a worker of this pool, look at the queue".
 WAKE_TASK = "corral.run_next_answer"
+# And the one for admins' model jobs (quantize, convert, pulls): "run job <id>".
+MODEL_JOB_TASK = "corral.run_model_job"
 
 
 def broker_url(redis_url: str) -> str:

@@ -124,6 +124,12 @@ AUTO_TITLE: bool = env.bool("CORRAL_AUTO_TITLE", True)
 # How much `make run` (manage.py corral_run) shows of its children: WARNING keeps start-up
 # to a few lines (no Redis, Celery or uvicorn banners); INFO or DEBUG shows them all.
 LOG_LEVEL: str = env.str("LOG_LEVEL", "WARNING").upper()
+# Model jobs (quantize, convert, Ollama pulls) go to their own Celery queue, so a long one
+# never holds up answers; `make run` starts one worker process for it.
+MODEL_JOB_QUEUE: str = env.str("CORRAL_MODEL_JOB_QUEUE", "models")
+# A running model job reports at least this often; one silent for MODEL_JOB_STALE_S lost its
+# worker and is failed by the reaper.
+MODEL_JOB_STALE_S: float = env.float("CORRAL_MODEL_JOB_STALE_S", 60)
 # A bearer token that lets a Prometheus scraper read /metrics (admins' sessions always can);
 # empty: only admins.
 METRICS_TOKEN: str = env.str("CORRAL_METRICS_TOKEN", "")

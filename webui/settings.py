@@ -26,6 +26,7 @@ INSTALLED_APPS = [
     "axes",
     "webui.accounts",
     "webui.chat",
+    "webui.library",
 ]
 
 MIDDLEWARE = [

@@ -33,4 +33,5 @@ urlpatterns = [
     path("", include("webui.chat.conversation_urls")),
     path("", include("webui.chat.settings_urls")),
     path("", include("webui.chat.urls")),
+    path("", include("webui.library.urls")),
 ]

@@ -30,6 +30,7 @@ from webui import config
 from webui.chat import queue, selectors, stop_flags, streams, wakeups
 from webui.chat.endings import end_answer
 from webui.chat.models import LanguageModel, Message
+from webui.library import ollama_routing
 from workers.claims import claim_next, still_ours, wake_follow_ups
 from workers.heartbeat import Heartbeat
 from workers.outages import DATABASE_DOWN, until_database_returns
@@ -45,8 +46,10 @@ class LostOwnership(Exception):
     """The answer was re-queued or failed by a reaper while this worker ran it."""
 
 
-def model_spec(model: LanguageModel) -> ModelSpec:
-    """The model's load settings, with this machine's defaults for what it leaves out."""
+def model_spec(model: LanguageModel, answer: Message | None = None) -> ModelSpec:
+    """The model's load settings, with this machine's defaults for what it leaves out.
+    An Ollama model that names no host goes to the least busy server that has it
+    (``answer``: the server is chosen once for that answer and kept)."""
     defaults: dict[str, object] = {}
     if model.backend == "llama_cpp":
         defaults = {
@@ -57,6 +60,12 @@ def model_spec(model: LanguageModel) -> ModelSpec:
         }
     elif model.backend == "ollama":
         defaults = {"parallel": config.OLLAMA_PARALLEL}
+        if not model.settings.get("host"):
+            defaults["host"] = (
+                ollama_routing.route(answer, model.target)
+                if answer is not None
+                else ollama_routing.least_busy(model.target)
+            )
     return ModelSpec(
         backend=model.backend, target=model.target, settings={**defaults, **model.settings}
     )
@@ -85,7 +94,7 @@ def build_request(answer: Message) -> GenerationRequest:
     if options.max_tokens > config.MAX_TOKENS_PER_ANSWER:
         options = options.model_copy(update={"max_tokens": config.MAX_TOKENS_PER_ANSWER})
     return GenerationRequest(
-        model=model_spec(answer.model),
+        model=model_spec(answer.model, answer),
         messages=history,
         options=options,
         # Text kept by the reaper from a lost attempt (only for backends that continue).

@@ -22,6 +22,8 @@ from webui import config
 from webui.chat import answer_records, queue, stop_flags, streams, wakeups
 from webui.chat.endings import end_answer, end_queued
 from webui.chat.models import Message
+from webui.library import ollama_servers
+from webui.library.jobs import fail_lost_jobs
 from workers.outages import DATABASE_DOWN, OutageGrace
 from workers.titles import requeue_lost_titles
 
@@ -146,6 +148,29 @@ def fail_orphans() -> list[int]:
     ]
 
 
+_server_checks: threading.Thread | None = None
+
+
+def _check_servers_once() -> None:
+    try:
+        ollama_servers.check_due()
+    except Exception:
+        logger.warning("Ollama server checks failed", exc_info=True)
+    finally:
+        connection.close()
+
+
+def _check_ollama_servers() -> None:
+    """In a thread of its own: a server that does not answer takes seconds to give up on,
+    and the reaper must not wait for it."""
+    global _server_checks
+    if _server_checks is None or not _server_checks.is_alive():
+        _server_checks = threading.Thread(
+            target=_check_servers_once, name="corral-ollama-checks", daemon=True
+        )
+        _server_checks.start()
+
+
 def run_reaper_forever(stop: threading.Event) -> None:
     """Body of the reaper thread in every worker's main process."""
     grace = OutageGrace()
@@ -155,8 +180,10 @@ def run_reaper_forever(stop: threading.Event) -> None:
             fail_orphans()
             if grace.over():
                 reap_stale()
+                fail_lost_jobs()
             wake_forgotten_queues()
             requeue_lost_titles()
+            _check_ollama_servers()
         except DATABASE_DOWN:
             grace.outage_seen()
             logger.warning("reaper pass failed: the database is unreachable", exc_info=True)

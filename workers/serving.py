@@ -42,8 +42,8 @@ def batch_of(answer: Message) -> tuple[Hashable, int] | None:
     model cannot be used at all (it then runs alone and fails with the reason)."""
     if answer.model is None:
         return None
-    spec = generation.model_spec(answer.model)
     try:
+        spec = generation.model_spec(answer.model, answer)
         backend = get_backend(spec.backend)
         return backend.batch_key(spec), backend.max_concurrent(spec)
     except BackendError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from webui.celery import WAKE_TASK, app
+from webui.celery import MODEL_JOB_TASK, WAKE_TASK, app
 
 
 @app.task(name=WAKE_TASK, acks_late=True, reject_on_worker_lost=True)
@@ -16,3 +16,12 @@ def run_next_answer(pool: str) -> None:
 
     worker = f"{run_next_answer.request.hostname or socket.gethostname()}:{os.getpid()}"
     serve(pool, worker=worker)
+
+
+@app.task(name=MODEL_JOB_TASK, acks_late=True, reject_on_worker_lost=True)
+def run_model_job(job_id: int) -> None:
+    """One admin's model job (quantize, convert, an Ollama pull...), claimed by id."""
+    from webui.library.jobs import run_job
+
+    host = run_model_job.request.hostname or socket.gethostname()
+    run_job(job_id, worker=f"{host}:{os.getpid()}")

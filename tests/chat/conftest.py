@@ -36,19 +36,3 @@ def gpu_worker_alive():
     wakeups.note_worker_alive(UNSERVED_POOL, "test-presence", for_s=300)
     yield
     wakeups.forget_worker(UNSERVED_POOL, "test-presence")
-
-
-@pytest.fixture
-def admin(django_user_model):
-    """An admin of the app (staff)."""
-    return django_user_model.objects.create_user("root", password="x", is_staff=True)
-
-
-@pytest.fixture
-def admin_client(admin):
-    """A browser signed in as ``admin``."""
-    from django.test import Client
-
-    client = Client()
-    client.force_login(admin)
-    return client

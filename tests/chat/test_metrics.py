@@ -16,6 +16,7 @@ from tests.chat.test_consumers import ORIGIN, communicator, session_cookie
 from webui import config
 from webui.chat import services
 from webui.chat.models import AnswerRecord, Conversation, Message
+from webui.library.models import ModelJob
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -81,6 +82,8 @@ def test_figures_follow_the_database(alice, admin_client, gemma, cpu_model):
         tokens_per_second=25.0,
     )
     done.conversation.delete()  # the figures of answers that ran stay (the usage ledger)
+    ModelJob.objects.create(kind="quantize", title="q", state="running")
+    ModelJob.objects.create(kind="pull", title="p", state="failed")
     samples = scrape(admin_client)
 
     depth = samples["corral_queue_depth"]
@@ -88,6 +91,10 @@ def test_figures_follow_the_database(alice, admin_client, gemma, cpu_model):
     assert samples["corral_answers"][(("state", "queued"),)] == 2
     assert samples["corral_answers"][(("state", "done"),)] == 0  # deleted with its chat
     assert samples["corral_completion_tokens_total"][()] == 40
+    jobs = samples["corral_model_jobs"]
+    assert jobs[(("kind", "quantize"), ("state", "running"))] == 1
+    assert jobs[(("kind", "pull"), ("state", "failed"))] == 1
+    assert jobs[(("kind", "pull"), ("state", "running"))] == 0
 
     ttft = samples["corral_time_to_first_token_seconds_bucket"]
     assert ttft[(("le", "0.25"),)] == 0 and ttft[(("le", "0.5"),)] == 1

@@ -12,11 +12,15 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from inference.quantize import TARGET_TYPES
 from webui.accounts import groups, invites, people
 from webui.accounts.decorators import admin_required
 from webui.accounts.models import Role, SignupMode, SiteSettings
 from webui.chat import model_library, model_settings
 from webui.chat.models import LanguageModel, Pool
+from webui.library import actions as library_actions
+from webui.library import jobs as library_jobs
+from webui.library import selectors as library_selectors
 
 PEOPLE_PER_PAGE = 50
 
@@ -176,12 +180,20 @@ def models_page(request: HttpRequest) -> HttpResponse:
         )
         flash.success(request, f"Saved who may use {model.name}.")
         return redirect("manage:models")
+    rows = library_selectors.library_rows()
     context = {
-        "models": LanguageModel.objects.prefetch_related("groups").order_by("name"),
+        "rows": rows,
+        "models": [row.model for row in rows],
         "groups": Group.objects.order_by("name"),
         "files": model_library.unregistered_ggufs(),
+        "folders": model_library.hf_folders(),
         "pools": Pool.choices,
         "chat_formats": model_library.CHAT_FORMATS,
+        "jobs": [library_jobs.describe(job) for job in library_jobs.recent_jobs()],
+        "quantizable": library_actions.quantizable_models(),
+        "target_types": TARGET_TYPES,
+        "outtypes": library_actions.OUTTYPES,
+        "default_installed": library_actions.default_model_installed(),
     }
     return render(request, "manage/models.html", context)
 

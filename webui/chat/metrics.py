@@ -29,6 +29,7 @@ from prometheus_client.core import (
 from webui.chat import wakeups
 from webui.chat.models import AnswerRecord, Message
 from webui.chat.pools import POOLS
+from webui.library.models import JobKind, JobState, ModelJob
 
 logger = logging.getLogger("corral.metrics")
 
@@ -111,6 +112,20 @@ class CorralCollector:
         for state in Message.Status.values:
             states.add_metric([state], by_state.get(state, 0))
         yield states
+
+        jobs = GaugeMetricFamily(
+            "corral_model_jobs", "Admins' model jobs by state.", labels=["kind", "state"]
+        )
+        by_kind_state = {
+            (kind, state): n
+            for kind, state, n in ModelJob.objects.values_list("kind", "state")
+            .annotate(n=Count("pk"))
+            .values_list("kind", "state", "n")
+        }
+        for kind in JobKind.values:
+            for state in JobState.values:
+                jobs.add_metric([kind, state], by_kind_state.get((kind, state), 0))
+        yield jobs
 
         alive = GaugeMetricFamily(
             "corral_workers_alive", "Worker processes that noted themselves alive.", labels=["pool"]

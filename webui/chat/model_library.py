@@ -42,6 +42,32 @@ def file_in_models_dir(relative: str) -> Path:
     return path
 
 
+def folder_in_models_dir(relative: str) -> Path:
+    """A Hugging Face model folder (it holds config.json) inside the models folder."""
+    root = models_dir()
+    if not relative or Path(relative).is_absolute():
+        raise ModelFileError("Choose a folder inside the models folder.")
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root) or path == root:
+        raise ModelFileError("That path leads outside the models folder.")
+    if not (path / "config.json").is_file():
+        raise ModelFileError("No Hugging Face model folder (with a config.json) there.")
+    return path
+
+
+def hf_folders() -> list[str]:
+    """Folders in the models folder that hold a Hugging Face model (config.json)."""
+    root = models_dir()
+    if not root.is_dir():
+        return []
+    found = []
+    for config_file in sorted(root.glob("**/config.json")):
+        folder = config_file.parent.resolve()
+        if folder.is_relative_to(root) and folder != root and config_file.resolve().is_file():
+            found.append(str(config_file.parent.relative_to(root)))
+    return found
+
+
 def unregistered_ggufs() -> list[str]:
     """GGUF files in the models folder (relative paths) that no model uses yet."""
     root = models_dir()

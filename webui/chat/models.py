@@ -135,6 +135,8 @@ class Message(models.Model):
     time_to_first_token_ms = models.PositiveIntegerField(null=True, blank=True)
     tokens_per_second = models.FloatField(null=True, blank=True)
     worker = models.CharField(max_length=200, blank=True)
+    # For a model on several Ollama servers: the one this answer was sent to.
+    served_by = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -53,7 +53,9 @@ class Command(BaseCommand):
         if quiet:
             supervisor.env["PYTHONWARNINGS"] = processes.QUIET_WARNINGS
         try:
-            self.stdout.write("Starting Corral (Redis, a worker, the web server)…")
+            self.stdout.write(
+                "Starting Corral (Redis, an answer worker, a model-jobs worker, the web server)…"
+            )
             if not config.REDIS_URL:
                 socket_path = config.EMBEDDED_REDIS_SOCKET
                 socket_path.unlink(missing_ok=True)
@@ -66,6 +68,12 @@ class Command(BaseCommand):
             supervisor.start(
                 "worker",
                 processes.worker_argv(config.WORKER_QUEUES, config.WORKER_CONCURRENCY, quiet=quiet),
+            )
+            # Model jobs (quantize, convert, pulls) in a process of their own: a long one
+            # never holds up answers.
+            supervisor.start(
+                "model-jobs",
+                processes.worker_argv([config.MODEL_JOB_QUEUE], 1, quiet=quiet),
             )
             web = supervisor.start("web", processes.web_argv(config.HOST, config.PORT, quiet))
             processes.wait_for_port(config.HOST, config.PORT, alive={"web": web.process})

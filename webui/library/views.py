@@ -1,0 +1,136 @@
+"""The model library's admin actions and the jobs list. Thin: parse, call one function,
+answer. Every view is admin-only (404 for anyone else); changes are POSTs."""
+
+from __future__ import annotations
+
+from django.contrib import messages as flash
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from webui.accounts.decorators import admin_required
+from webui.library import actions, jobs, ollama_servers
+from webui.library.models import ModelJob, OllamaServer
+
+
+def _started(request: HttpRequest, job: ModelJob) -> None:
+    flash.success(request, f"Started: {job.get_kind_display()} {job.title}.")
+
+
+@admin_required
+@require_GET
+def jobs_json(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"jobs": [jobs.describe(job) for job in jobs.recent_jobs()]})
+
+
+@admin_required
+@require_POST
+def cancel_job(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = get_object_or_404(ModelJob, pk=job_id)
+    jobs.cancel(job)
+    if request.headers.get("Accept") == "application/json":
+        job.refresh_from_db()
+        return JsonResponse(jobs.describe(job))
+    flash.success(request, f"Asked {job.title} to stop.")
+    return redirect("manage:models")
+
+
+@admin_required
+@require_POST
+def install_default(request: HttpRequest) -> HttpResponse:
+    try:
+        _started(request, actions.start_install_default(request.user))  # type: ignore[arg-type]
+    except actions.ActionError as exc:
+        flash.error(request, str(exc))
+    return redirect("manage:models")
+
+
+@admin_required
+@require_POST
+def quantize(request: HttpRequest) -> HttpResponse:
+    source = request.POST.get("source", "")
+    try:
+        job = actions.start_quantize(
+            request.user,  # type: ignore[arg-type]
+            source_id=int(source) if source.isdigit() else 0,
+            target_type=request.POST.get("type", ""),
+            name=request.POST.get("name", ""),
+        )
+    except actions.ActionError as exc:
+        flash.error(request, str(exc))
+    else:
+        _started(request, job)
+    return redirect("manage:models")
+
+
+@admin_required
+@require_POST
+def convert(request: HttpRequest) -> HttpResponse:
+    try:
+        job = actions.start_convert(
+            request.user,  # type: ignore[arg-type]
+            folder=request.POST.get("folder", ""),
+            name=request.POST.get("name", ""),
+            outtype=request.POST.get("outtype", "f16"),
+            chat_format=request.POST.get("chat_format", ""),
+            pool=request.POST.get("pool", "cpu"),
+            quantize=request.POST.get("quantize", ""),
+        )
+    except actions.ActionError as exc:
+        flash.error(request, str(exc))
+    else:
+        _started(request, job)
+    return redirect("manage:models")
+
+
+@admin_required
+def ollama_page(request: HttpRequest) -> HttpResponse:
+    """The Ollama servers: add one (checked at once), see which are up and their models."""
+    if request.method == "POST":
+        try:
+            server = ollama_servers.add_server(
+                request.POST.get("name", ""), request.POST.get("base_url", "")
+            )
+        except ollama_servers.ServerError as exc:
+            flash.error(request, str(exc))
+        else:
+            state = "up" if server.healthy else "down"
+            flash.success(request, f"Added {server.name} ({state}).")
+        return redirect("library:ollama")
+    context = {
+        "servers": OllamaServer.objects.all(),
+        "jobs": [jobs.describe(job) for job in jobs.recent_jobs()],
+    }
+    return render(request, "manage/ollama.html", context)
+
+
+OLLAMA_ACTIONS = ("check", "remove", "pull", "show", "copy", "delete")
+
+
+@admin_required
+@require_POST
+def ollama_action(request: HttpRequest, server_id: int, action: str) -> HttpResponse:
+    server = get_object_or_404(OllamaServer, pk=server_id)
+    user = request.user
+    name = request.POST.get("model", "")
+    try:
+        if action == "check":
+            ollama_servers.check_server(server)
+            flash.success(request, f"{server.name} is {'up' if server.healthy else 'down'}.")
+        elif action == "remove":
+            server.delete()
+            flash.success(request, f"Removed {server.name}.")
+        elif action == "pull":
+            _started(request, ollama_servers.start_pull(user, server, name))  # type: ignore[arg-type]
+        elif action == "show":
+            _started(request, ollama_servers.start_show(user, server, name))  # type: ignore[arg-type]
+        elif action == "copy":
+            destination = request.POST.get("destination", "")
+            _started(request, ollama_servers.start_copy(user, server, name, destination))  # type: ignore[arg-type]
+        elif action == "delete":
+            _started(request, ollama_servers.start_delete(user, server, name))  # type: ignore[arg-type]
+        else:
+            raise Http404("No such action")
+    except ollama_servers.ServerError as exc:
+        flash.error(request, str(exc))
+    return redirect("library:ollama")
