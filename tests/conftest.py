@@ -165,19 +165,24 @@ class WebServer:
     process: subprocess.Popen[bytes]
 
 
-@pytest.fixture(scope="session")
-def web_server(stack_env, tmp_path_factory) -> Iterator[WebServer]:
-    """The real ASGI server (uvicorn) serving HTTP and websockets."""
+def start_web_server(env: dict[str, str], log: Path) -> WebServer:
+    """A real ASGI server (uvicorn) on a free port; stop it with ``_stop(server.process)``."""
     port = free_port()
-    log = tmp_path_factory.mktemp("web") / "web.log"
-    process = _start(processes.web_argv("127.0.0.1", port), stack_env, log)
+    process = _start(processes.web_argv("127.0.0.1", port), env, log)
     try:
         processes.wait_for_port("127.0.0.1", port, alive={"web": process})
     except Exception:
         _stop(process)
         raise RuntimeError(log.read_text()[-2000:]) from None
-    yield WebServer(f"http://127.0.0.1:{port}", "127.0.0.1", port, process)
-    _stop(process)
+    return WebServer(f"http://127.0.0.1:{port}", "127.0.0.1", port, process)
+
+
+@pytest.fixture(scope="session")
+def web_server(stack_env, tmp_path_factory) -> Iterator[WebServer]:
+    """The real ASGI server (uvicorn) serving HTTP and websockets."""
+    server = start_web_server(stack_env, tmp_path_factory.mktemp("web") / "web.log")
+    yield server
+    _stop(server.process)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -15,13 +15,13 @@ from django.test import Client
 from tests.chat.test_consumers import ORIGIN, communicator, session_cookie
 from webui.accounts import invites
 from webui.chat.models import Conversation, Message, SharedLink
-from webui.library.models import ModelJob, OllamaServer
+from webui.library.models import ModelJob, ModelUpload, OllamaServer
 
 pytestmark = pytest.mark.django_db
 
 # {c}: Alice's conversation, {q}: her question, {a}: her answer, {l}: her share link,
 # {u}: a person, {g}: a group, {i}: an invite, {m}: a model, {j}: a model job,
-# {o}: an Ollama server.
+# {o}: an Ollama server, {p}: an upload.
 OWNER_URLS = [
     ("get", "/c/{c}/"),
     ("post", "/c/{c}/rename/"),
@@ -82,6 +82,11 @@ ADMIN_URLS = [
     ("post", "/manage/library/ollama/{o}/show/"),
     ("post", "/manage/library/ollama/{o}/copy/"),
     ("post", "/manage/library/ollama/{o}/delete/"),
+    ("post", "/manage/library/uploads/"),
+    ("get", "/manage/library/uploads/{p}/"),
+    ("post", "/manage/library/uploads/{p}/chunk/?offset=0"),
+    ("post", "/manage/library/uploads/{p}/finish/"),
+    ("post", "/manage/library/uploads/{p}/discard/"),
 ]
 # Message types on Bob's own socket that name one of Alice's messages.
 SOCKET_MESSAGES = [
@@ -125,6 +130,7 @@ def world(alice, bob, gemma, django_user_model):
         "m": gemma.pk,
         "j": ModelJob.objects.create(kind="pull", title="x", params={}).pk,
         "o": OllamaServer.objects.create(name="s", base_url="http://127.0.0.1:9").pk,
+        "p": ModelUpload.objects.create(filename="x.gguf", size=10).pk,
     }
     return values
 
@@ -142,6 +148,7 @@ def _state(values):
         SharedLink.objects.get(pk=values["l"]).revoked_at,
         list(ModelJob.objects.values_list("pk", "state", "cancel_requested")),
         list(OllamaServer.objects.values_list("pk", "base_url", "checked_at")),
+        list(ModelUpload.objects.values_list("pk", "received", "state")),
     )
 
 

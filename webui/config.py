@@ -130,6 +130,9 @@ MODEL_JOB_QUEUE: str = env.str("CORRAL_MODEL_JOB_QUEUE", "models")
 # A running model job reports at least this often; one silent for MODEL_JOB_STALE_S lost its
 # worker and is failed by the reaper.
 MODEL_JOB_STALE_S: float = env.float("CORRAL_MODEL_JOB_STALE_S", 60)
+# The largest GGUF an admin may upload (bytes), and the most one chunk request carries.
+MAX_UPLOAD_BYTES: int = env.int("CORRAL_MAX_UPLOAD_BYTES", 64 * 1024**3)
+UPLOAD_CHUNK_BYTES: int = env.int("CORRAL_UPLOAD_CHUNK_BYTES", 8 * 1024**2)
 # A bearer token that lets a Prometheus scraper read /metrics (admins' sessions always can);
 # empty: only admins.
 METRICS_TOKEN: str = env.str("CORRAL_METRICS_TOKEN", "")

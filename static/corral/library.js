@@ -111,3 +111,141 @@
 
   setInterval(refresh, 1000);
 })();
+
+// Uploads: declared first, then sent in chunks, each starting where the server's copy ends.
+// A failed chunk is retried after asking the server where it stands; after a reload, the
+// same file (same name and size) goes on from the server's offset.
+(function () {
+  "use strict";
+  const form = document.querySelector("form.model-upload");
+  if (!form) return;
+  const input = form.querySelector("input[type=file]");
+  const nameInput = form.querySelector("input[name=name]");
+  const bar = form.querySelector("[data-role=upload-progress]");
+  const status = form.querySelector("[data-role=upload-status]");
+  const shaOut = form.querySelector("[data-role=upload-sha256]");
+  const button = form.querySelector("button[type=submit]");
+  const token = form.querySelector("input[name=csrfmiddlewaretoken]").value;
+  const RETRIES = 60;
+
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  const say = (text) => {
+    status.textContent = text;
+  };
+  const mib = (n) => `${(n / 1024 / 1024).toFixed(1)} MiB`;
+
+  input.addEventListener("change", () => {
+    const file = input.files[0];
+    if (file && !nameInput.value) nameInput.value = file.name.replace(/\.gguf$/i, "");
+  });
+
+  function unfinishedFor(file) {
+    for (const item of document.querySelectorAll("li[data-upload]")) {
+      if (item.dataset.filename === file.name && Number(item.dataset.size) === file.size) {
+        return item.dataset.upload;
+      }
+    }
+    return null;
+  }
+
+  async function call(url, options) {
+    const reply = await fetch(url, {
+      credentials: "same-origin",
+      ...options,
+      headers: { "X-CSRFToken": token, Accept: "application/json", ...(options.headers || {}) },
+    });
+    let body = {};
+    try {
+      body = await reply.json();
+    } catch (error) {
+      body = { error: `The server answered ${reply.status}.` };
+    }
+    return { ok: reply.ok, status: reply.status, body };
+  }
+
+  async function where(id) {
+    const reply = await call(`/manage/library/uploads/${id}/`, { method: "GET" });
+    if (!reply.ok) throw new Error(reply.body.error || "The upload is gone.");
+    return reply.body;
+  }
+
+  async function send(file, id, offset, chunk) {
+    let failures = 0;
+    while (offset < file.size) {
+      const end = Math.min(file.size, offset + chunk);
+      let reply;
+      try {
+        reply = await call(`/manage/library/uploads/${id}/chunk/?offset=${offset}`, {
+          method: "POST",
+          headers: { "Content-Type": "application/octet-stream" },
+          body: file.slice(offset, end),
+        });
+      } catch (error) {
+        reply = null; // the connection dropped
+      }
+      if (reply && reply.ok) {
+        offset = reply.body.received;
+        failures = 0;
+      } else if (reply && reply.status === 409 && reply.body.offset !== null) {
+        offset = reply.body.offset; // the server has more (or less) than we thought
+      } else if (reply && reply.status < 500 && reply.status !== 0) {
+        throw new Error(reply.body.error || `The server refused the chunk (${reply.status}).`);
+      } else {
+        failures += 1;
+        if (failures > RETRIES) throw new Error("The connection stayed down: choose the file again to go on.");
+        const wait = Math.min(5000, 500 * failures);
+        say(`Connection lost at ${mib(offset)}: retrying in ${Math.round(wait / 1000)} s…`);
+        await sleep(wait);
+        try {
+          offset = (await where(id)).received;
+        } catch (error) {
+          continue; // still down: try again
+        }
+      }
+      bar.value = offset / file.size;
+      say(`${mib(offset)} of ${mib(file.size)} (${Math.floor((100 * offset) / file.size)}%)`);
+    }
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const file = input.files[0];
+    if (!file) return;
+    button.disabled = true;
+    form.setAttribute("aria-busy", "true");
+    shaOut.textContent = "";
+    try {
+      let id = unfinishedFor(file);
+      let upload;
+      if (id) {
+        upload = await where(id);
+        say(`Going on from ${mib(upload.received)}…`);
+      } else {
+        const reply = await call(form.dataset.start, {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ filename: file.name, size: file.size }),
+        });
+        if (!reply.ok) throw new Error(reply.body.error);
+        upload = reply.body;
+        id = upload.id;
+      }
+      bar.value = upload.received / file.size;
+      await send(file, id, upload.received, upload.chunk_bytes);
+      say("Checking the file…");
+      const data = new FormData(form);
+      data.delete("file");
+      const done = await call(`/manage/library/uploads/${id}/finish/`, { method: "POST", body: data });
+      if (done.body.sha256) shaOut.textContent = `sha256 ${done.body.sha256}`;
+      if (!done.ok) throw new Error(done.body.error || "The file was refused.");
+      say(`Registered ${done.body.model}: reload the page to see it in the library.`);
+      const item = document.querySelector(`li[data-upload="${id}"]`);
+      if (item) item.remove();
+    } catch (error) {
+      say(error.message);
+    } finally {
+      button.disabled = false;
+      form.removeAttribute("aria-busy");
+    }
+  });
+})();

@@ -13,6 +13,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from inference.quantize import TARGET_TYPES
+from webui import config
 from webui.accounts import groups, invites, people
 from webui.accounts.decorators import admin_required
 from webui.accounts.models import Role, SignupMode, SiteSettings
@@ -21,6 +22,7 @@ from webui.chat.models import LanguageModel, Pool
 from webui.library import actions as library_actions
 from webui.library import jobs as library_jobs
 from webui.library import selectors as library_selectors
+from webui.library import uploads as library_uploads
 
 PEOPLE_PER_PAGE = 50
 
@@ -194,6 +196,8 @@ def models_page(request: HttpRequest) -> HttpResponse:
         "target_types": TARGET_TYPES,
         "outtypes": library_actions.OUTTYPES,
         "default_installed": library_actions.default_model_installed(),
+        "unfinished_uploads": library_uploads.resumable(),
+        "max_upload": config.MAX_UPLOAD_BYTES,
     }
     return render(request, "manage/models.html", context)
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import uuid
+
 from django.conf import settings
 from django.db import models
 
@@ -60,6 +62,42 @@ class ModelJob(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()}: {self.title} ({self.state})"
+
+
+class UploadState(models.TextChoices):
+    RECEIVING = "receiving"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class ModelUpload(models.Model):
+    """A GGUF arriving in chunks from an admin's browser. Its bytes go to a file named by
+    the upload's id, never by the browser, and each chunk must start where the file ends,
+    so a dropped connection or a reloaded page resumes where it stopped."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    filename = models.CharField(max_length=255)  # as the browser named it: shown, never used
+    size = models.BigIntegerField()  # declared, checked against the cap before any byte
+    received = models.BigIntegerField(default=0)
+    state = models.CharField(
+        max_length=10, choices=UploadState.choices, default=UploadState.RECEIVING
+    )
+    sha256 = models.CharField(max_length=64, blank=True)
+    error = models.TextField(blank=True)
+    model = models.ForeignKey(
+        LanguageModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.filename} ({self.state})"
 
 
 class OllamaServer(models.Model):

@@ -3,14 +3,17 @@ answer. Every view is admin-only (404 for anyone else); changes are POSTs."""
 
 from __future__ import annotations
 
+import json
+import uuid
+
 from django.contrib import messages as flash
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from webui.accounts.decorators import admin_required
-from webui.library import actions, jobs, ollama_servers
-from webui.library.models import ModelJob, OllamaServer
+from webui.library import actions, jobs, ollama_servers, uploads
+from webui.library.models import ModelJob, ModelUpload, OllamaServer
 
 
 def _started(request: HttpRequest, job: ModelJob) -> None:
@@ -134,3 +137,69 @@ def ollama_action(request: HttpRequest, server_id: int, action: str) -> HttpResp
     except ollama_servers.ServerError as exc:
         flash.error(request, str(exc))
     return redirect("library:ollama")
+
+
+def _upload_error(exc: uploads.UploadError) -> JsonResponse:
+    return JsonResponse({"error": str(exc), "offset": exc.offset}, status=exc.status)
+
+
+@admin_required
+@require_POST
+def upload_start(request: HttpRequest) -> JsonResponse:
+    """Declare an upload: {"filename", "size"} → its id and where to send bytes from."""
+    try:
+        body = json.loads(request.body or b"{}")
+        filename, size = str(body.get("filename", "")), int(body.get("size", 0))
+    except (ValueError, TypeError, AttributeError):
+        return JsonResponse({"error": "Send JSON with a filename and a size."}, status=400)
+    try:
+        upload = uploads.start_upload(request.user, filename, size)  # type: ignore[arg-type]
+    except uploads.UploadError as exc:
+        return _upload_error(exc)
+    return JsonResponse(uploads.describe(upload), status=201)
+
+
+@admin_required
+def upload_detail(request: HttpRequest, upload_id: uuid.UUID) -> JsonResponse:
+    upload = get_object_or_404(ModelUpload, pk=upload_id)
+    return JsonResponse(uploads.describe(upload))
+
+
+@admin_required
+@require_POST
+def upload_chunk(request: HttpRequest, upload_id: uuid.UUID) -> JsonResponse:
+    """Raw bytes that belong at ``?offset=``; read from the stream, never all at once."""
+    get_object_or_404(ModelUpload, pk=upload_id)
+    try:
+        offset = int(request.GET.get("offset", ""))
+        length = int(request.headers.get("Content-Length", ""))
+    except ValueError:
+        return JsonResponse({"error": "Give ?offset= and a Content-Length."}, status=400)
+    try:
+        upload = uploads.append_chunk(upload_id, offset, length, request.read)
+    except uploads.UploadError as exc:
+        return _upload_error(exc)
+    return JsonResponse(uploads.describe(upload))
+
+
+@admin_required
+@require_POST
+def upload_finish(request: HttpRequest, upload_id: uuid.UUID) -> JsonResponse:
+    get_object_or_404(ModelUpload, pk=upload_id)
+    try:
+        upload = uploads.finish_upload(
+            upload_id,
+            name=request.POST.get("name", ""),
+            pool=request.POST.get("pool", "cpu"),
+            chat_format=request.POST.get("chat_format", ""),
+        )
+    except uploads.UploadError as exc:
+        return _upload_error(exc)
+    return JsonResponse(uploads.describe(upload), status=200 if upload.model_id else 422)
+
+
+@admin_required
+@require_POST
+def upload_discard(request: HttpRequest, upload_id: uuid.UUID) -> HttpResponse:
+    uploads.discard(get_object_or_404(ModelUpload, pk=upload_id))
+    return redirect("manage:models")
