@@ -16,7 +16,7 @@ from inference.base import (
     TextChunk,
     Usage,
 )
-from inference.registry import available_backends, get_backend, loaded_models
+from inference.registry import available_backends, configure_backend, get_backend, loaded_models
 
 __all__ = [
     "Backend",
@@ -30,6 +30,7 @@ __all__ = [
     "TextChunk",
     "Usage",
     "available_backends",
+    "configure_backend",
     "get_backend",
     "loaded_models",
 ]

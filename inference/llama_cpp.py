@@ -8,7 +8,9 @@ become sequences of the same batch; the worker only sees the backend interface.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Generator, Hashable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,18 +50,38 @@ def parse_settings(settings: dict[str, Any]) -> LlamaCppSettings:
         raise BackendError(f"Invalid llama.cpp settings: {exc}") from exc
 
 
+@dataclass
+class LoadedModel:
+    engine: BatchEngine
+    formatter: Formatter
+    format_name: str | None
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says could be used without swapping (Linux); None elsewhere."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 class LlamaCppBackend:
-    """Keeps the last loaded model per process: loading a GGUF costs seconds."""
+    """Keeps the models it loaded (loading a GGUF costs seconds): at most ``max_loaded``,
+    and the least recently used idle one is given up first when that many are loaded or
+    the machine's memory would not hold the next file."""
 
     name = "llama_cpp"
     continues_partial = True
 
-    def __init__(self) -> None:
+    def __init__(self, max_loaded: int = 1) -> None:
         self._lock = threading.Condition()
-        self._key: tuple[str, LlamaCppSettings] | None = None
-        self._engine: BatchEngine | None = None
-        self._formatter: Formatter | None = None
-        self._format_name: str | None = None
+        # Least recently used first.
+        self._loaded: OrderedDict[tuple[str, LlamaCppSettings], LoadedModel] = OrderedDict()
+        self.max_loaded = max(1, max_loaded)
 
     def batch_key(self, model: ModelSpec) -> Hashable:
         """Answers with the same key can share this process's batch (the same load)."""
@@ -69,29 +91,41 @@ class LlamaCppBackend:
         return parse_settings(model.settings).batch_size
 
     def loaded(self) -> list[str]:
-        key = self._key
-        return [key[0]] if key is not None else []
+        return [path for path, _ in list(self._loaded)]
+
+    def _make_room(self, needed_bytes: int) -> bool:
+        """Give up idle models, least recently used first, until one more fits; False while
+        the models still answering leave no room."""
+        for key, loaded in list(self._loaded.items()):
+            memory = available_memory()
+            if len(self._loaded) < self.max_loaded and (memory is None or memory > needed_bytes):
+                return True
+            if not loaded.engine.busy:
+                loaded.engine.close()
+                del self._loaded[key]
+        # Short of memory with nothing idle left to give up: try (the file is mapped).
+        return len(self._loaded) < self.max_loaded
 
     def load(
         self, path: str, settings: dict[str, Any], cancel: threading.Event | None = None
-    ) -> BatchEngine:
-        """The engine for this file and settings, loading it if needed. Another model's
-        answers still running in this process finish first: one model is loaded at once."""
+    ) -> LoadedModel:
+        """This file with these settings, loaded if needed. When the process is full of
+        models that are all answering, it waits for one of them to finish."""
         parsed = parse_settings(settings)
         key = (path, parsed)
+        file = Path(path)
         with self._lock:
-            while self._engine is not None and self._key != key and self._engine.busy:
+            while True:
+                if key in self._loaded:
+                    self._loaded.move_to_end(key)
+                    return self._loaded[key]
+                if not file.is_file():
+                    raise BackendError(f"Model file not found: {file.name}", detail=path)
+                if self._make_room(file.stat().st_size):
+                    break
                 if cancel is not None and cancel.is_set():
                     raise BackendError("Stopped while waiting for another model to finish.")
                 self._lock.wait(0.1)
-            if self._key == key and self._engine is not None:
-                return self._engine
-            file = Path(path)
-            if not file.is_file():
-                raise BackendError(f"Model file not found: {file.name}", detail=path)
-            if self._engine is not None:  # free the previous model before loading the next
-                self._engine.close()
-                self._engine = self._key = None
             config = EngineConfig(
                 n_ctx_per_seq=parsed.n_ctx,
                 n_seq_max=parsed.batch_size,
@@ -113,7 +147,7 @@ class LlamaCppBackend:
                 format_name = parsed.chat_format
             model = engine.model
             try:
-                self._formatter = chat_formatter(
+                formatter = chat_formatter(
                     engine.metadata,
                     format_name,
                     bos=engine.token_text(model.token_bos()) if model.token_bos() != -1 else "",
@@ -123,15 +157,14 @@ class LlamaCppBackend:
             except BackendError:
                 engine.close()
                 raise
-            self._engine, self._key, self._format_name = engine, key, format_name
-            return engine
+            self._loaded[key] = LoadedModel(engine, formatter, format_name)
+            return self._loaded[key]
 
     def stream(
         self, request: GenerationRequest, cancel: threading.Event | None = None
     ) -> Generator[StreamItem, None, None]:
-        engine = self.load(request.model.target, request.model.settings, cancel)
-        formatter, format_name = self._formatter, self._format_name
-        assert formatter is not None
+        loaded = self.load(request.model.target, request.model.settings, cancel)
+        engine, formatter, format_name = loaded.engine, loaded.formatter, loaded.format_name
         options = request.options
         # A continued answer: its written part goes after the model's turn marker, as if
         # this context had generated it, and counts against its token limit.

@@ -18,6 +18,15 @@ def available_backends() -> list[str]:
 
 
 _instances: dict[str, Backend] = {}
+_options: dict[str, dict[str, object]] = {}
+
+
+def configure_backend(name: str, **options: object) -> None:
+    """Options for ``name``'s constructor, set by the process before it first uses it (the
+    worker passes its settings this way: this package reads no configuration itself)."""
+    if name not in _BACKENDS:
+        raise BackendError(f"unknown backend {name!r}")
+    _options[name] = options
 
 
 @cache
@@ -28,7 +37,7 @@ def get_backend(name: str) -> Backend:
     except KeyError:
         raise BackendError(f"unknown backend {name!r}") from None
     module = importlib.import_module(module_name)
-    backend: Backend = getattr(module, class_name)()
+    backend: Backend = getattr(module, class_name)(**_options.get(name, {}))
     _instances[name] = backend
     return backend
 

@@ -118,6 +118,9 @@ DEFAULT_N_GPU_LAYERS: int = env.int("CORRAL_N_GPU_LAYERS", 0)
 # context; a model's "batch_size" setting overrides it), and Ollama streams per server.
 BATCH_SIZE: int = env.int("CORRAL_BATCH_SIZE", 8)
 OLLAMA_PARALLEL: int = env.int("CORRAL_OLLAMA_PARALLEL", 4)
+# GGUF models one worker process keeps loaded; the least recently used idle one is given up
+# first when that many are loaded or memory would not hold the next.
+MAX_LOADED_MODELS: int = env.int("CORRAL_MAX_LOADED_MODELS", 2)
 DEFAULT_MODEL_NAME: str = env.str("CORRAL_DEFAULT_MODEL", "gemma3-270m")
 # After a conversation's first answer, its model writes a short title (low priority).
 AUTO_TITLE: bool = env.bool("CORRAL_AUTO_TITLE", True)

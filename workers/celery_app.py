@@ -14,16 +14,31 @@ import threading
 os.environ.setdefault("GOMP_SPINCOUNT", "2000")
 
 from celery.signals import (
+    celeryd_after_setup,
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
     worker_shutdown,
 )
 
+from inference import configure_backend
+from webui import config
 from webui.celery import app
 from workers import tasks  # noqa: F401  (registers the tasks on the app)
 
+# How many GGUF models one worker process keeps loaded (least recently used given up first).
+configure_backend("llama_cpp", max_loaded=config.MAX_LOADED_MODELS)
+
 __all__ = ["app"]
+
+
+@celeryd_after_setup.connect
+def consume_own_queue(sender: str, instance: object, **kwargs: object) -> None:
+    """Each worker also consumes a queue of its own, so that a wake-up can go to the one
+    that has a model loaded already (``webui.chat.warm_routing``)."""
+    from webui.chat.warm_routing import direct_queue
+
+    instance.app.amqp.queues.select_add(direct_queue(sender))  # type: ignore[attr-defined]
 
 
 @worker_ready.connect

@@ -48,8 +48,9 @@ class LostOwnership(Exception):
 
 def model_spec(model: LanguageModel, answer: Message | None = None) -> ModelSpec:
     """The model's load settings, with this machine's defaults for what it leaves out.
-    An Ollama model that names no host goes to the least busy server that has it
-    (``answer``: the server is chosen once for that answer and kept)."""
+    An Ollama model that names no host goes to the least busy of the servers admins added
+    that has it (``answer``: chosen once for that answer and kept); with no server added,
+    to the client's own default (OLLAMA_HOST)."""
     defaults: dict[str, object] = {}
     if model.backend == "llama_cpp":
         defaults = {
@@ -60,7 +61,7 @@ def model_spec(model: LanguageModel, answer: Message | None = None) -> ModelSpec
         }
     elif model.backend == "ollama":
         defaults = {"parallel": config.OLLAMA_PARALLEL}
-        if not model.settings.get("host"):
+        if not model.settings.get("host") and ollama_routing.servers_added():
             defaults["host"] = (
                 ollama_routing.route(answer, model.target)
                 if answer is not None

@@ -20,7 +20,7 @@ from django.db import close_old_connections, connection
 
 from inference import BackendError, get_backend
 from webui import config
-from webui.chat import queue, wakeups
+from webui.chat import queue, wakeups, warm_routing
 from webui.chat.models import Message
 from workers import generation, titles
 from workers.claims import claim_next, wake_follow_ups
@@ -164,7 +164,7 @@ def serve(pool: str, worker: str) -> int:
             # Full, or the fairest answer needs another batch: another worker of the pool
             # may take what this one cannot. At most one wake-up waits; this asks once a
             # second.
-            wakeups.wake(pool)
+            wakeups.wake(pool, exclude=warm_routing.node_of(worker))
             next_call_for_help = time.monotonic() + HELP_INTERVAL_S
         if not running and not slots.title_running():
             if not titles_left or not slots.title_found:

@@ -108,7 +108,7 @@ def test_closing_one_stream_frees_its_slot_for_the_next(gemma_path):
     long = [backend.stream(request(gemma_path, max_tokens=400, seed=i)) for i in range(4)]
     for stream in long:
         assert isinstance(next(stream), TextChunk)  # all four are generating
-    engine = backend._engine
+    engine = backend.load(str(gemma_path), SETTINGS).engine
     assert engine.busy == 4
     long[0].close()
     text, finished = answer(backend.stream(request(gemma_path, max_tokens=8)))
@@ -179,7 +179,7 @@ def test_a_follow_up_reuses_the_cells_of_its_conversation(gemma_path):
     backend = get_backend("llama_cpp")
     own = {**SETTINGS, "batch_size": 3}  # a context of its own: no earlier test's cells
     first, first_end = answer(backend.stream(greedy(gemma_path, QUESTION, settings=own)))
-    engine = backend._engine
+    engine = backend.load(str(gemma_path), own).engine
     assert engine.reused_tokens == 0
     other = ChatMessage("user", "Name three kinds of cheese.")
     answer(backend.stream(greedy(gemma_path, other, settings=own)))  # another free id

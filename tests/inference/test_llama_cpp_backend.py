@@ -42,12 +42,12 @@ def test_streams_text_then_usage(gemma_path):
 def test_same_seed_gives_the_same_answer_and_model_stays_loaded(gemma_path):
     backend = get_backend("llama_cpp")
     first = "".join(i.text for i in backend.stream(request(gemma_path)) if isinstance(i, TextChunk))
-    loaded = backend._engine
+    loaded = backend.load(str(gemma_path), {"chat_format": "gemma", "n_ctx": 512}).engine
     second = "".join(
         i.text for i in backend.stream(request(gemma_path)) if isinstance(i, TextChunk)
     )
     assert first == second
-    assert backend._engine is loaded  # kept between jobs, not reloaded
+    assert backend.load(str(gemma_path), {"chat_format": "gemma", "n_ctx": 512}).engine is loaded
 
 
 def test_closing_the_stream_stops_generation(gemma_path):
@@ -87,7 +87,7 @@ def test_gguf_without_template_or_configured_format_is_refused(tmp_path):
 def test_long_history_is_trimmed_to_the_context_oldest_first(gemma_path):
     backend = get_backend("llama_cpp")
     backend.stream(request(gemma_path))  # generator: nothing runs yet
-    engine = backend.load(str(gemma_path), {"chat_format": "gemma", "n_ctx": 512})
+    engine = backend.load(str(gemma_path), {"chat_format": "gemma", "n_ctx": 512}).engine
     system = ChatMessage("system", "Be brief.")
     turns = []
     for i in range(12):
@@ -129,3 +129,45 @@ def test_an_unknown_chat_format_is_a_clear_error(gemma_path):
     spec = ModelSpec("llama_cpp", str(gemma_path), {"chat_format": "no-such-format", "n_ctx": 512})
     with pytest.raises(BackendError, match="Unknown chat format 'no-such-format'"):
         list(get_backend("llama_cpp").stream(GenerationRequest(spec, (ChatMessage("user", "hi"),))))
+
+
+def _tiny(tmp_path: Path, name: str) -> str:
+    """A tiny random Llama with a real byte-level tokenizer and a chat template."""
+    from inference.hf_convert import convert_hf_llama
+    from tests.hf_models import write_tiny_hf_llama
+
+    source = write_tiny_hf_llama(tmp_path / f"{name}-hf")
+    return str(convert_hf_llama(source, tmp_path / name).path)
+
+
+def test_models_stay_loaded_until_the_least_recently_used_one_must_go(tmp_path):
+    from inference.llama_cpp import LlamaCppBackend
+
+    a, b, c = (_tiny(tmp_path, f"{n}.gguf") for n in "abc")
+    settings = {"n_ctx": 64, "batch_size": 1}
+    backend = LlamaCppBackend(max_loaded=2)
+    first = backend.load(a, settings).engine
+    backend.load(b, settings)
+    assert backend.load(a, settings).engine is first  # warm: not loaded again
+    assert backend.loaded() == [b, a]  # least recently used first
+    backend.load(c, settings)
+    assert backend.loaded() == [a, c]  # b had been used least recently
+
+
+def test_a_model_that_is_answering_is_not_given_up(tmp_path, gemma_path):
+    import threading
+
+    from inference.llama_cpp import LlamaCppBackend
+
+    other = _tiny(tmp_path, "other.gguf")
+    backend = LlamaCppBackend(max_loaded=1)
+    busy = backend.stream(request(gemma_path, max_tokens=400))
+    assert isinstance(next(busy), TextChunk)  # Gemma is answering (seconds of work left)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(BackendError, match="waiting for another model"):
+        backend.load(other, {"n_ctx": 64, "batch_size": 1}, cancel=stop)
+    assert backend.loaded() == [str(gemma_path)]
+    busy.close()
+    backend.load(other, {"n_ctx": 64, "batch_size": 1})
+    assert backend.loaded() == [other]

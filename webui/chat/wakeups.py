@@ -37,13 +37,22 @@ def pending_wakeups(pool: str) -> int:
     return int(_redis().llen(pool))
 
 
-def wake(pool: str) -> None:
+def wake(pool: str, exclude: str = "") -> None:
     """Ask one worker of the pool to look at the queue, after commit, unless a wake-up
-    already waits there."""
-    queue = queue_for_pool(pool)
+    already waits there: the idle worker that has the next answer's model loaded when
+    there is one (``webui.chat.warm_routing``), else any. ``exclude``: a worker's node name
+    that must not be asked (a busy worker calling for help)."""
+    pool_queue = queue_for_pool(pool)
 
     def send() -> None:
+        from webui.chat.warm_routing import wake_target
+
         try:
+            try:
+                queue = wake_target(pool, pool_queue, exclude)
+            except Exception:  # the fleet cannot be read: any worker will do
+                logger.warning("could not pick a warm %s worker", pool, exc_info=True)
+                queue = pool_queue
             if pending_wakeups(queue) > 0:
                 return
             app.send_task(WAKE_TASK, args=[pool], queue=queue)

@@ -14,6 +14,11 @@ from webui.library.models import OllamaServer
 IN_FLIGHT = (Message.Status.QUEUED, Message.Status.RUNNING)
 
 
+def servers_added() -> bool:
+    """Whether admins added any Ollama server (else OLLAMA_HOST serves, as before)."""
+    return OllamaServer.objects.exists()
+
+
 def candidates(target: str) -> list[OllamaServer]:
     servers = OllamaServer.objects.filter(healthy=True).order_by("name")
     return [server for server in servers if ollama_servers.has_model(server, target)]
