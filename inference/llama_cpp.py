@@ -55,6 +55,13 @@ class LoadedModel:
     engine: BatchEngine
     formatter: Formatter
     format_name: str | None
+    # Streams handed this model that have not ended: from before their tokens reach the
+    # engine (prompt fitting, tokenizing) until they end, it must not be given up.
+    leases: int = 0
+
+    @property
+    def in_use(self) -> bool:
+        return self.leases > 0 or self.engine.busy > 0
 
 
 def available_memory() -> int | None:
@@ -100,17 +107,22 @@ class LlamaCppBackend:
             memory = available_memory()
             if len(self._loaded) < self.max_loaded and (memory is None or memory > needed_bytes):
                 return True
-            if not loaded.engine.busy:
+            if not loaded.in_use:
                 loaded.engine.close()
                 del self._loaded[key]
         # Short of memory with nothing idle left to give up: try (the file is mapped).
         return len(self._loaded) < self.max_loaded
 
     def load(
-        self, path: str, settings: dict[str, Any], cancel: threading.Event | None = None
+        self,
+        path: str,
+        settings: dict[str, Any],
+        cancel: threading.Event | None = None,
+        lease: bool = False,
     ) -> LoadedModel:
         """This file with these settings, loaded if needed. When the process is full of
-        models that are all answering, it waits for one of them to finish."""
+        models that are all answering, it waits for one of them to finish. ``lease``: the
+        caller will use it and must call :meth:`release` when done."""
         parsed = parse_settings(settings)
         key = (path, parsed)
         file = Path(path)
@@ -118,7 +130,9 @@ class LlamaCppBackend:
             while True:
                 if key in self._loaded:
                     self._loaded.move_to_end(key)
-                    return self._loaded[key]
+                    loaded = self._loaded[key]
+                    loaded.leases += int(lease)
+                    return loaded
                 if not file.is_file():
                     raise BackendError(f"Model file not found: {file.name}", detail=path)
                 if self._make_room(file.stat().st_size):
@@ -134,7 +148,7 @@ class LlamaCppBackend:
                 prefill_chunk=parsed.prefill_chunk,
             )
             try:
-                engine = BatchEngine(str(file), config)
+                engine = self._open(file, config)
             except (ValueError, RuntimeError, OSError) as exc:
                 raise BackendError(f"Could not load {file.name}.", detail=f"{path}: {exc}") from exc
             format_name = None
@@ -157,13 +171,42 @@ class LlamaCppBackend:
             except BackendError:
                 engine.close()
                 raise
-            self._loaded[key] = LoadedModel(engine, formatter, format_name)
+            self._loaded[key] = LoadedModel(engine, formatter, format_name, leases=int(lease))
             return self._loaded[key]
+
+    def _open(self, file: Path, config: EngineConfig) -> BatchEngine:
+        """Load the file; if that fails while other models are loaded (GPU memory, which
+        the memory check cannot see), give up the idle ones and try once more."""
+        try:
+            return BatchEngine(str(file), config)
+        except (ValueError, RuntimeError, OSError):
+            idle = [key for key, loaded in self._loaded.items() if not loaded.in_use]
+            if not idle:
+                raise
+            for key in idle:
+                self._loaded.pop(key).engine.close()
+            return BatchEngine(str(file), config)
+
+    def release(self, loaded: LoadedModel) -> None:
+        with self._lock:
+            loaded.leases -= 1
+            self._lock.notify_all()
 
     def stream(
         self, request: GenerationRequest, cancel: threading.Event | None = None
     ) -> Generator[StreamItem, None, None]:
-        loaded = self.load(request.model.target, request.model.settings, cancel)
+        loaded = self.load(request.model.target, request.model.settings, cancel, lease=True)
+        try:
+            yield from self._generate(loaded, request, cancel)
+        finally:
+            self.release(loaded)
+
+    def _generate(
+        self,
+        loaded: LoadedModel,
+        request: GenerationRequest,
+        cancel: threading.Event | None,
+    ) -> Generator[StreamItem, None, None]:
         engine, formatter, format_name = loaded.engine, loaded.formatter, loaded.format_name
         options = request.options
         # A continued answer: its written part goes after the model's turn marker, as if

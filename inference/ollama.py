@@ -211,7 +211,10 @@ def _make_client(
     # host=None lets the client apply its own OLLAMA_HOST convention (and default port 11434).
     limits = httpx.Timeout(timeout or DEFAULT_READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
     hooks = {"response": [on_response]} if on_response else {}
-    return ollama.Client(host=host or None, timeout=limits, event_hooks=hooks)
+    # Never follow a redirect: a server could send the worker anywhere (cloud metadata).
+    return ollama.Client(
+        host=host or None, timeout=limits, event_hooks=hooks, follow_redirects=False
+    )
 
 
 def _base_url(client: ollama.Client, host: str | None) -> str:

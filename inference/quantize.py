@@ -173,6 +173,7 @@ def _quantize_in_this_process(source: str, destination: str, target: str, thread
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{target}")
     params.nthread = threads
+    params.allow_requantize = True  # Q8_0 sources are offered (nearly lossless)
     status = llama_cpp.llama_model_quantize(
         source.encode(), destination.encode(), ctypes.byref(params)
     )
@@ -203,7 +204,21 @@ def _measure_in_this_process(path: str, tokens: int, threads: int) -> None:
     print(json.dumps({"tokens_per_second": round(made / elapsed, 2) if made else 0.0}))
 
 
+def _die_with_parent() -> None:
+    """Linux: this child is killed when the worker that started it dies, so no orphan
+    goes on writing a partial file nobody will use."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _main(argv: list[str]) -> int:
+    _die_with_parent()
     try:
         if argv[1] == "--measure":
             _measure_in_this_process(argv[2], int(argv[3]), int(argv[4]))

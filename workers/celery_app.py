@@ -57,7 +57,8 @@ def start_reaper(**kwargs: object) -> None:
     ).start()
 
     consumed = app.amqp.queues.consume_from or app.amqp.queues
-    pools = [name for name in consumed if name in POOLS]
+    # The model-jobs queue too: the Models page says when no worker runs its jobs.
+    pools = [name for name in consumed if name in POOLS or name == config.MODEL_JOB_QUEUE]
     threading.Thread(
         target=beat_forever,
         args=(pools, worker_id(getattr(kwargs.get("sender"), "hostname", None)), _presence_stop),
@@ -89,7 +90,8 @@ def report_to_fleet(sender: str | None = None, **kwargs: object) -> None:
     from workers.fleet import start_reporting
 
     consumed = app.amqp.queues.consume_from or app.amqp.queues
-    pools = [name for name in consumed if name in POOLS]
+    # The model-jobs queue too: the Models page says when no worker runs its jobs.
+    pools = [name for name in consumed if name in POOLS or name == config.MODEL_JOB_QUEUE]
     worker = f"{sender or socket.gethostname()}:{os.getpid()}"
     start_reporting(worker, pools, _fleet_stop)
 

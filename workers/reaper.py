@@ -23,7 +23,7 @@ from webui.chat import answer_records, queue, stop_flags, streams, wakeups
 from webui.chat.endings import end_answer, end_queued
 from webui.chat.models import Message
 from webui.library import ollama_servers
-from webui.library.jobs import fail_lost_jobs
+from webui.library.jobs import fail_lost_jobs, resend_waiting_jobs
 from workers.outages import DATABASE_DOWN, OutageGrace
 from workers.titles import requeue_lost_titles
 
@@ -181,6 +181,7 @@ def run_reaper_forever(stop: threading.Event) -> None:
             if grace.over():
                 reap_stale()
                 fail_lost_jobs()
+                resend_waiting_jobs()
             wake_forgotten_queues()
             requeue_lost_titles()
             _check_ollama_servers()

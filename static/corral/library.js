@@ -139,7 +139,11 @@
     if (file && !nameInput.value) nameInput.value = file.name.replace(/\.gguf$/i, "");
   });
 
+  // The upload this page started: a finish refused (a name taken) goes on with it.
+  let current = null;
+
   function unfinishedFor(file) {
+    if (current && current.name === file.name && current.size === file.size) return current.id;
     for (const item of document.querySelectorAll("li[data-upload]")) {
       if (item.dataset.filename === file.name && Number(item.dataset.size) === file.size) {
         return item.dataset.upload;
@@ -230,12 +234,14 @@
         upload = reply.body;
         id = upload.id;
       }
+      current = { id, name: file.name, size: file.size };
       bar.value = upload.received / file.size;
       await send(file, id, upload.received, upload.chunk_bytes);
       say("Checking the file…");
       const data = new FormData(form);
       data.delete("file");
       const done = await call(`/manage/library/uploads/${id}/finish/`, { method: "POST", body: data });
+      if (done.body.state && done.body.state !== "receiving") current = null; // done or refused
       if (done.body.sha256) shaOut.textContent = `sha256 ${done.body.sha256}`;
       if (!done.ok) throw new Error(done.body.error || "The file was refused.");
       say(`Registered ${done.body.model}: reload the page to see it in the library.`);

@@ -171,3 +171,24 @@ def test_a_model_that_is_answering_is_not_given_up(tmp_path, gemma_path):
     busy.close()
     backend.load(other, {"n_ctx": 64, "batch_size": 1})
     assert backend.loaded() == [other]
+
+
+def test_a_model_handed_to_a_stream_is_kept_until_the_stream_lets_go(tmp_path):
+    """Between load and the first token (prompt fitting, tokenizing) the engine is idle:
+    the lease keeps another thread's load from giving it up under the stream."""
+    import threading
+
+    from inference.llama_cpp import LlamaCppBackend
+
+    a, b = _tiny(tmp_path, "a.gguf"), _tiny(tmp_path, "b.gguf")
+    settings = {"n_ctx": 64, "batch_size": 1}
+    backend = LlamaCppBackend(max_loaded=1)
+    held = backend.load(a, settings, lease=True)
+    assert held.engine.busy == 0  # idle, yet in use
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(BackendError, match="waiting for another model"):
+        backend.load(b, settings, cancel=stop)
+    backend.release(held)
+    backend.load(b, settings)
+    assert backend.loaded() == [b]

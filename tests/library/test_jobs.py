@@ -177,3 +177,44 @@ def test_a_folder_outside_the_models_folder_is_refused(models_dir, admin, tmp_pa
         ):
             actions.start_convert(admin, folder=folder, name="x")
     assert not ModelJob.objects.exists()
+
+
+def test_a_q8_0_model_quantizes_further(f16_model, admin):
+    first = actions.start_quantize(admin, source_id=f16_model.pk, target_type="Q8_0", name="t8")
+    jobs.run_job(first.pk, "w")
+    q8 = LanguageModel.objects.get(name="t8")
+    assert q8 in actions.quantizable_models()
+    second = actions.start_quantize(admin, source_id=q8.pk, target_type="Q4_K_M", name="t4")
+    jobs.run_job(second.pk, "w")
+    second.refresh_from_db()
+    assert second.state == JobState.DONE, second.error
+    assert second.result["size_bytes"] < second.result["source_size_bytes"]
+
+
+def test_a_job_the_reaper_gave_up_on_stops_its_runner():
+    job = _job()
+    jobs.claim(job.pk, "w")
+    progress = jobs.JobProgress(job.pk)
+    ModelJob.objects.filter(pk=job.pk).update(
+        heartbeat_at=timezone.now() - timedelta(seconds=config.MODEL_JOB_STALE_S + 5)
+    )
+    jobs.fail_lost_jobs()
+    assert progress.should_stop()
+
+
+def test_a_job_whose_message_was_lost_is_sent_again_once():
+    import redis
+
+    client = redis.Redis.from_url(config.redis_url())
+    client.delete(config.MODEL_JOB_QUEUE)
+    fresh, old = _job(), _job()
+    ModelJob.objects.filter(pk=old.pk).update(
+        created_at=timezone.now() - timedelta(seconds=jobs.RESEND_AFTER_S + 5)
+    )
+    try:
+        assert jobs.resend_waiting_jobs() == [old.pk]
+        assert client.llen(config.MODEL_JOB_QUEUE) == 1  # a real message on the queue
+        assert jobs.resend_waiting_jobs() == []  # one waits already: no pile-up
+    finally:
+        client.delete(config.MODEL_JOB_QUEUE)
+    assert fresh.pk not in jobs.resend_waiting_jobs()

@@ -222,3 +222,24 @@ def test_only_admins_reach_the_ollama_pages(client, alice):
         == 404
     )
     assert not ModelJob.objects.exists() and OllamaServer.objects.count() == 1
+
+
+def test_a_server_removed_during_its_check_stays_removed():
+    with OllamaTestServer(models={"a:1b": "x"}) as server:
+        added = ollama_servers.add_server("local", server.url)
+        OllamaServer.objects.filter(pk=added.pk).delete()  # an admin removed it meanwhile
+        ollama_servers.check_server(added)
+    assert not OllamaServer.objects.exists()
+
+
+def test_chat_never_follows_a_redirect(alice):
+    from inference import GenerationRequest, ModelSpec, get_backend
+    from inference.base import ChatMessage
+
+    with OllamaTestServer(models={"a:1b": "secret"}) as target, OllamaTestServer() as sneaky:
+        sneaky.redirect_to = target.url
+        spec = ModelSpec("ollama", "a:1b", {"host": sneaky.url})
+        request = GenerationRequest(spec, (ChatMessage("user", "hi"),))
+        with pytest.raises(BackendError):
+            list(get_backend("ollama").stream(request))
+        assert target.chat_requests == []

@@ -197,6 +197,7 @@ def models_page(request: HttpRequest) -> HttpResponse:
         "outtypes": library_actions.OUTTYPES,
         "default_installed": library_actions.default_model_installed(),
         "unfinished_uploads": library_uploads.resumable(),
+        "jobs_worker_alive": library_jobs.worker_alive(),
         "max_upload": config.MAX_UPLOAD_BYTES,
     }
     return render(request, "manage/models.html", context)

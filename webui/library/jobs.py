@@ -20,6 +20,7 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import close_old_connections, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from webui import config
@@ -53,6 +54,13 @@ class JobOutcome:
     status: str = "Done."
 
 
+def _send(job_id: int) -> None:
+    try:
+        app.send_task(MODEL_JOB_TASK, args=[job_id], queue=config.MODEL_JOB_QUEUE)
+    except Exception:  # broker down: the job stays queued; the reaper sends it again
+        logger.warning("could not send model job %s", job_id, exc_info=True)
+
+
 def start_job(
     *, kind: str, title: str, params: dict[str, Any], user: AbstractBaseUser | None
 ) -> ModelJob:
@@ -61,15 +69,37 @@ def start_job(
         kind=kind, title=title[:300], params=params, created_by=user, status="Waiting for a worker."
     )
     job_id = job.pk
-
-    def send() -> None:
-        try:
-            app.send_task(MODEL_JOB_TASK, args=[job_id], queue=config.MODEL_JOB_QUEUE)
-        except Exception:  # broker down: the job stays queued, and an admin may cancel it
-            logger.warning("could not send model job %s", job_id, exc_info=True)
-
-    transaction.on_commit(send)
+    transaction.on_commit(lambda: _send(job_id))
     return job
+
+
+# A queued job older than this while the models queue is empty lost its message (the
+# broker was down, or Redis lost it): the reaper sends it again (claiming is idempotent).
+RESEND_AFTER_S = 30.0
+
+
+def resend_waiting_jobs() -> list[int]:
+    from webui.chat.wakeups import pending_wakeups
+
+    waiting = list(
+        ModelJob.objects.filter(
+            state=JobState.QUEUED,
+            cancel_requested=False,
+            created_at__lt=timezone.now() - timedelta(seconds=RESEND_AFTER_S),
+        ).values_list("pk", flat=True)
+    )
+    if not waiting or pending_wakeups(config.MODEL_JOB_QUEUE) > 0:
+        return []
+    for job_id in waiting:
+        _send(job_id)
+    return waiting
+
+
+def worker_alive() -> bool | None:
+    """Whether a worker of the models queue noted itself alive; None: Redis cannot say."""
+    from webui.chat.wakeups import has_live_worker
+
+    return has_live_worker(config.MODEL_JOB_QUEUE)
 
 
 def cancel(job: ModelJob) -> None:
@@ -120,10 +150,15 @@ class JobProgress:
         self._written_at, self._status = now, status
 
     def should_stop(self) -> bool:
+        """Cancel was asked, or the job is no longer running (the reaper gave up on it)."""
         now = self._clock()
         if not self._stop and now - self._checked_at >= CANCEL_POLL_INTERVAL_S:
             self._checked_at = now
-            self._stop = ModelJob.objects.filter(pk=self.job_id, cancel_requested=True).exists()
+            self._stop = (
+                ModelJob.objects.filter(pk=self.job_id)
+                .filter(Q(cancel_requested=True) | ~Q(state=JobState.RUNNING))
+                .exists()
+            )
         return self._stop
 
     def check(self) -> None:
@@ -143,11 +178,13 @@ def _beat_while(job_id: int, done: threading.Event) -> None:
     timing run, a model load)."""
     try:
         while not done.wait(HEARTBEAT_INTERVAL_S):
-            ModelJob.objects.filter(pk=job_id, state=JobState.RUNNING).update(
-                heartbeat_at=timezone.now()
-            )
-    except Exception:  # the database is away: the reaper decides once it is back
-        logger.warning("model job %s: heartbeat failed", job_id, exc_info=True)
+            try:
+                ModelJob.objects.filter(pk=job_id, state=JobState.RUNNING).update(
+                    heartbeat_at=timezone.now()
+                )
+            except Exception:  # the database is away for a moment: beat again next time
+                logger.warning("model job %s: heartbeat failed", job_id, exc_info=True)
+                close_old_connections()
     finally:
         close_old_connections()
 

@@ -20,8 +20,19 @@ def servers_added() -> bool:
 
 
 def candidates(target: str) -> list[OllamaServer]:
+    """Servers that are up and have ``target``, whose address still resolves only to
+    addresses a server may have (a name can be pointed elsewhere after its check)."""
     servers = OllamaServer.objects.filter(healthy=True).order_by("name")
-    return [server for server in servers if ollama_servers.has_model(server, target)]
+    found = []
+    for server in servers:
+        if not ollama_servers.has_model(server, target):
+            continue
+        try:
+            ollama_servers.check_address(server.base_url)
+        except ollama_servers.ServerError:
+            continue
+        found.append(server)
+    return found
 
 
 def in_flight(urls: list[str]) -> dict[str, int]:

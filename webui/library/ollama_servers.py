@@ -118,7 +118,14 @@ def check_server(server: OllamaServer) -> OllamaServer:
             }
             for model in health.models
         ]
-    server.save()
+    # An update, never save(): a server removed during its check must stay removed.
+    OllamaServer.objects.filter(pk=server.pk).update(
+        healthy=server.healthy,
+        version=server.version,
+        last_error=server.last_error,
+        checked_at=server.checked_at,
+        remote_models=server.remote_models,
+    )
     return server
 
 

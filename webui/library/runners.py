@@ -9,6 +9,7 @@ are written under names the server chooses, inside the models folder.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -154,13 +155,16 @@ def quantize(job: ModelJob, progress: JobProgress) -> JobOutcome:
 def _tokens_per_second(path: Path) -> float | None:
     try:
         return measure_tokens_per_second(path, tokens=TIMING_TOKENS, threads=config.N_THREADS)
-    except (QuantizeError, OSError):
-        return None  # the figure is missing; the job goes on
+    except (QuantizeError, OSError, subprocess.SubprocessError):
+        return None  # too slow or failed: the figure is missing, the job goes on
 
 
 @runner(JobKind.CONVERT)
 def convert(job: ModelJob, progress: JobProgress) -> JobOutcome:
-    folder = model_library.folder_in_models_dir(job.params["folder"])
+    try:
+        folder = model_library.folder_in_models_dir(job.params["folder"])
+    except model_library.ModelFileError as exc:
+        raise JobError(str(exc)) from None
     name = job.params["name"]
     destination = output_path(name, job, f"-{job.params.get('outtype', 'f16')}")
     progress(0.0, f"Converting {folder.name}…")

@@ -145,16 +145,26 @@ def finish_upload(
 ) -> ModelUpload:
     """Check the complete file and register it; a bad file is deleted and the upload
     failed, saying why."""
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise UploadError("Give the model a name of at most 200 characters.")
     upload = ModelUpload.objects.get(pk=upload_id)
     if upload.state != UploadState.RECEIVING:
         raise UploadError("This upload is finished.", status=409)
+    # One finish at a time (two tabs, or a retry after a proxy timed out): the second
+    # waits, then finds the upload finished.
+    with _locked(upload):
+        upload.refresh_from_db()
+        if upload.state != UploadState.RECEIVING:
+            raise UploadError("This upload is finished.", status=409)
+        return _check_and_register(upload, name, pool, chat_format)
+
+
+def _check_and_register(upload: ModelUpload, name: str, pool: str, chat_format: str) -> ModelUpload:
     if upload.received != upload.size:
         raise UploadError(
             f"{upload.received} of {upload.size} bytes arrived.", offset=upload.received
         )
-    name = name.strip()
-    if not name:
-        raise UploadError("Give the model a name.")
     part = part_path(upload)
     upload.sha256 = _sha256(part)
     try:

@@ -103,6 +103,7 @@ def ollama_page(request: HttpRequest) -> HttpResponse:
     context = {
         "servers": OllamaServer.objects.all(),
         "jobs": [jobs.describe(job) for job in jobs.recent_jobs()],
+        "jobs_worker_alive": jobs.worker_alive(),
     }
     return render(request, "manage/ollama.html", context)
 
