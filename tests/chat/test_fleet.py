@@ -31,6 +31,10 @@ def a_report(worker: str, **changes) -> WorkerReport:
 
 @pytest.fixture
 def clean_fleet():
+    """No reports but the test's own, before and after (a Redis shared with an earlier
+    run, or workers of other tests, may hold some)."""
+    for entry in fleet.fleet():
+        fleet.forget(entry["report"]["worker"])
     yield
     for entry in fleet.fleet():
         fleet.forget(entry["report"]["worker"])
