@@ -43,6 +43,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--n-ctx", type=int, default=1024, help="per answer")
     parser.add_argument("--join", type=int, default=0, help="long prompt tokens (0: skip)")
+    parser.add_argument(
+        "--parallel-sampling-min-vocab",
+        type=int,
+        default=None,
+        help="sample on several threads from this vocabulary size (0: always)",
+    )
     parser.add_argument("--json", action="store_true")
     return parser.parse_args()
 
@@ -91,6 +97,11 @@ def engine_tok_s(args: argparse.Namespace, batches: list[int]) -> dict[int, floa
             n_seq_max=max(batches),
             n_threads=args.threads,
             n_gpu_layers=args.n_gpu_layers,
+            **(
+                {"parallel_sampling_min_vocab": args.parallel_sampling_min_vocab}
+                if args.parallel_sampling_min_vocab is not None
+                else {}
+            ),
         ),
     )
     options = SamplingOptions(temperature=0.0, max_tokens=args.tokens, repeat_penalty=1.0)

@@ -55,6 +55,9 @@ class EngineConfig:
     # How long a reader rests after taking what was ready (its text is published at most
     # every 50 ms anyway).
     reader_interval_s: float = 0.03
+    # Sequences are sampled on several threads only for vocabularies at least this big:
+    # below it, one sample takes microseconds and handing work to threads costs more.
+    parallel_sampling_min_vocab: int = 16384
 
 
 @dataclass(eq=False)
@@ -231,7 +234,10 @@ class BatchEngine:
         self.metadata = self.model.metadata()
         self._n_swa = llama_cpp.llama_model_n_swa(self.model.model)
         self._batch = llama_cpp.llama_batch_init(config.n_batch, 0, 1)
-        self._samplers = _Samplers(llama_cpp, self.context.ctx, threads)
+        parallel = self.n_vocab >= config.parallel_sampling_min_vocab
+        self._samplers = _Samplers(llama_cpp, self.context.ctx, threads if parallel else 1)
+        # Each token's text, asked of llama.cpp once (a ctypes call per token otherwise).
+        self._pieces: dict[int, bytes] = {}
 
     # -- the readers' side ------------------------------------------------------------
 
@@ -494,8 +500,11 @@ class BatchEngine:
             self._finish(sequence, "stop")
             return
         sequence.completion += 1
-        size = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece, 256, 0, False)
-        text = sequence.decoder.feed(self._piece.raw[: max(size, 0)])
+        piece = self._pieces.get(token)
+        if piece is None:
+            size = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece, 256, 0, False)
+            piece = self._pieces[token] = self._piece.raw[: max(size, 0)]
+        text = sequence.decoder.feed(piece)
         if text:
             sequence.out.put(TextChunk(text))
         if sequence.decoder.stopped:
