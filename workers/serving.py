@@ -18,7 +18,7 @@ from collections.abc import Hashable
 
 from django.db import close_old_connections, connection
 
-from inference import BackendError, get_backend
+from inference import BackendError, get_backend, loaded_models
 from webui import config
 from webui.chat import queue, wakeups, warm_routing
 from webui.chat.models import Message
@@ -53,8 +53,9 @@ def batch_of(answer: Message) -> tuple[Hashable, int] | None:
 class Slots:
     """The answers this process runs now, all of one batch key, and at most one title."""
 
-    def __init__(self, pool: str) -> None:
+    def __init__(self, pool: str, worker: str = "") -> None:
         self.pool = pool
+        self.worker = worker
         self.key: Hashable | None = None
         self.limit = 1
         self.threads: dict[int, threading.Thread] = {}
@@ -77,8 +78,21 @@ class Slots:
     def fits(self, answer: Message) -> bool:
         batch = batch_of(answer)
         if not self.threads:
-            return True
+            return not self._warm_elsewhere(answer)
         return batch is not None and batch[0] == self.key and len(self.threads) < batch[1]
+
+    def _warm_elsewhere(self, answer: Message) -> bool:
+        """An idle process that lacks the answer's model leaves it to an idle worker that
+        has it loaded (warm routing woke that one); Redis away: take it."""
+        model = answer.model
+        if model is None or model.backend != "llama_cpp" or model.target in loaded_models():
+            return False
+        try:
+            return warm_routing.loaded_elsewhere(
+                self.pool, model.target, exclude=warm_routing.node_of(self.worker)
+            )
+        except Exception:
+            return False
 
     def start(self, answer: Message) -> None:
         batch = batch_of(answer)
@@ -129,7 +143,7 @@ def serve(pool: str, worker: str) -> int:
     writing waiting titles (the low-priority work) when no answer runs; return how many
     answers ran. While the database is down, the answers running go on and claiming waits
     (up to ``CORRAL_DB_OUTAGE_S`` once nothing runs)."""
-    slots = Slots(pool)
+    slots = Slots(pool, worker)
     served = 0
     titles_left = generation.TITLES_PER_WAKE
     next_call_for_help = 0.0

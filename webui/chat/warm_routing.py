@@ -56,6 +56,20 @@ def warm_worker(pool: str, target: str, exclude: str = "") -> str | None:
     return None
 
 
+def loaded_elsewhere(pool: str, target: str, exclude: str) -> bool:
+    """Whether another live, idle worker of ``pool`` has ``target`` loaded: an idle worker
+    that lacks it leaves the answer to that one (which its wake-up went to) rather than
+    load a second copy."""
+    return any(
+        not entry["lost"]
+        and pool in entry["report"]["pools"]
+        and target in entry["report"]["models"]
+        and entry["report"]["answers"] == 0
+        and node_of(entry["report"]["worker"]) != exclude
+        for entry in fleet.fleet()
+    )
+
+
 def wake_target(pool: str, pool_queue: str, exclude: str = "") -> str:
     """The queue a wake-up for ``pool`` should go to."""
     target = next_model_target(pool)
