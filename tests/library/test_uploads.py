@@ -122,3 +122,39 @@ def test_an_incomplete_upload_cannot_be_finished(admin_client, models_dir):
         f"/manage/library/uploads/{upload['id']}/finish/", {"name": "h", "pool": "cpu"}
     )
     assert done.status_code == 400 and done.json()["offset"] == 1000
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_finishes_of_one_upload_register_it_once(admin, models_dir, tmp_path):
+    """Two tabs, or a retry after a proxy gave up, finish the same upload at once: one
+    registers it, the other is told it is finished; neither fails with a server error."""
+    import threading
+
+    from django.db import connection
+
+    from webui.library import uploads
+
+    data = write_tiny_llama(tmp_path / "tiny.gguf", chat_template="{{ messages }}").read_bytes()
+    upload = uploads.start_upload(admin, "tiny.gguf", len(data))
+    import io
+
+    for offset in range(0, len(data), 1000):
+        piece = data[offset : offset + 1000]
+        uploads.append_chunk(upload.pk, offset, len(piece), io.BytesIO(piece).read)
+    outcomes: list[object] = []
+
+    def finish() -> None:
+        try:
+            outcomes.append(uploads.finish_upload(upload.pk, name="tiny", pool="cpu").state)
+        except uploads.UploadError as exc:
+            outcomes.append(exc.status)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=finish) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(map(str, outcomes)) == ["409", "done"]
+    assert LanguageModel.objects.filter(name="tiny").count() == 1
