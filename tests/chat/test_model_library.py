@@ -13,20 +13,11 @@ from tests.gguf_files import (
     write_tiny_llama,
     write_wrong_magic,
 )
-from webui import config
 from webui.chat import model_library
 from webui.chat.model_library import ModelFileError, register_gguf
 from webui.chat.models import LanguageModel
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def models_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "models"
-    folder.mkdir()
-    monkeypatch.setattr(config, "MODELS_DIR", folder)
-    return folder
 
 
 def test_an_admin_registers_a_file_and_the_library_shows_its_header(models_dir, admin_client):

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from inference.hf_convert import convert_hf_llama
 from tests.conftest import _stop, start_worker
 from tests.e2e.conftest import FAST_REAPER, POOL
-from tests.hf_models import write_tiny_hf_llama
+from tests.hf_models import tiny_llama_gguf
 from webui.chat import fleet, services
 from webui.chat.models import LanguageModel, Message
 from webui.chat.warm_routing import node_of
@@ -21,8 +20,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
 def _tiny_model(tmp_path: Path, name: str, seed: int) -> LanguageModel:
-    source = write_tiny_hf_llama(tmp_path / f"{name}-hf", seed=seed)
-    path = convert_hf_llama(source, tmp_path / f"{name}.gguf").path
+    path = tiny_llama_gguf(tmp_path, f"{name}.gguf", seed=seed)
     return LanguageModel.objects.create(
         name=name,
         backend="llama_cpp",

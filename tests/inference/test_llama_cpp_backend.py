@@ -133,11 +133,9 @@ def test_an_unknown_chat_format_is_a_clear_error(gemma_path):
 
 def _tiny(tmp_path: Path, name: str) -> str:
     """A tiny random Llama with a real byte-level tokenizer and a chat template."""
-    from inference.hf_convert import convert_hf_llama
-    from tests.hf_models import write_tiny_hf_llama
+    from tests.hf_models import tiny_llama_gguf
 
-    source = write_tiny_hf_llama(tmp_path / f"{name}-hf")
-    return str(convert_hf_llama(source, tmp_path / name).path)
+    return str(tiny_llama_gguf(tmp_path, name))
 
 
 def test_models_stay_loaded_until_the_least_recently_used_one_must_go(tmp_path):

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from inference.hf_convert import convert_hf_llama
 from inference.quantize import QuantizeCancelled, quantize_gguf
-from tests.hf_models import write_tiny_hf_llama
+from tests.hf_models import tiny_llama_gguf, write_tiny_hf_llama
 from webui import config
 from webui.chat.models import LanguageModel
 from webui.library import actions, jobs
@@ -21,21 +20,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def models_dir(tmp_path, monkeypatch) -> Path:
-    folder = tmp_path / "models"
-    folder.mkdir()
-    monkeypatch.setattr(config, "MODELS_DIR", folder)
-    return folder
-
-
-@pytest.fixture
 def f16_model(models_dir) -> LanguageModel:
     """A tiny random Llama converted to F16 and registered, as an admin would have it."""
-    source = write_tiny_hf_llama(models_dir / "hf" / "tiny")
-    path = models_dir / "tiny-f16.gguf"
-    convert_hf_llama(source, path, outtype="f16")
     from webui.chat.model_library import register_gguf
 
+    path = tiny_llama_gguf(models_dir, "tiny-f16.gguf")
     return register_gguf(name="tiny", relative_path=path.name, pool="cpu")
 
 

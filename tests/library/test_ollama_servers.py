@@ -15,7 +15,7 @@ from tests.ollama_server import OllamaTestServer, PullableModel, ScriptedModel
 from webui.chat import services
 from webui.chat.models import LanguageModel, Message
 from webui.library import jobs, ollama_routing, ollama_servers
-from webui.library.models import JobState, ModelJob, OllamaServer
+from webui.library.models import JobKind, JobState, ModelJob, OllamaServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -98,7 +98,7 @@ def test_a_pull_shows_progress_to_every_admin_then_registers_the_model(admin, dj
     # Progress reaches the row at most twice a second: steps slower than that all show.
     with OllamaTestServer(registry={"tiny:1b": SMALL}, pull_step_delay=0.35) as server:
         added = ollama_servers.add_server("local", server.url)
-        job = ollama_servers.start_pull(admin, added, "tiny:1b")
+        job = ollama_servers.start_model_job(admin, added, JobKind.PULL, "tiny:1b")
         thread = _run_in_thread(job)
         seen: list[float] = []
         deadline = time.monotonic() + 20
@@ -124,7 +124,7 @@ def test_cancelling_a_pull_closes_the_download(admin, admin_client):
     slow = PullableModel(layer_sizes=(10_000,), steps_per_layer=200)
     with OllamaTestServer(registry={"big:7b": slow}, pull_step_delay=0.05) as server:
         added = ollama_servers.add_server("local", server.url)
-        job = ollama_servers.start_pull(admin, added, "big:7b")
+        job = ollama_servers.start_model_job(admin, added, JobKind.PULL, "big:7b")
         thread = _run_in_thread(job)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -143,7 +143,7 @@ def test_cancelling_a_pull_closes_the_download(admin, admin_client):
 def test_pulling_an_unknown_model_fails_with_ollamas_words(admin):
     with OllamaTestServer(registry={}) as server:
         added = ollama_servers.add_server("local", server.url)
-        job = ollama_servers.start_pull(admin, added, "nope:1b")
+        job = ollama_servers.start_model_job(admin, added, JobKind.PULL, "nope:1b")
         jobs.run_job(job.pk, "w")
     job.refresh_from_db()
     assert job.state == JobState.FAILED and "file does not exist" in job.error
@@ -153,22 +153,24 @@ def test_pulling_an_unknown_model_fails_with_ollamas_words(admin):
 def test_model_names_are_checked_before_anything_is_queued(admin, name):
     server = OllamaServer.objects.create(name="s", base_url="http://127.0.0.1:1")
     with pytest.raises(ollama_servers.ServerError):
-        ollama_servers.start_pull(admin, server, name)
+        ollama_servers.start_model_job(admin, server, JobKind.PULL, name)
     assert not ModelJob.objects.exists()
 
 
 def test_show_copy_and_delete_run_as_jobs(admin):
     with OllamaTestServer(models={"llama3.2:1b": "Hello"}) as server:
         added = ollama_servers.add_server("local", server.url)
-        shown = ollama_servers.start_show(admin, added, "llama3.2:1b")
+        shown = ollama_servers.start_model_job(admin, added, JobKind.SHOW, "llama3.2:1b")
         jobs.run_job(shown.pk, "w")
-        copied = ollama_servers.start_copy(admin, added, "llama3.2:1b", "mine:latest")
+        copied = ollama_servers.start_model_job(
+            admin, added, JobKind.COPY, "llama3.2:1b", "mine:latest"
+        )
         jobs.run_job(copied.pk, "w")
         added.refresh_from_db()
         assert ollama_servers.has_model(added, "mine")
-        deleted = ollama_servers.start_delete(admin, added, "mine:latest")
+        deleted = ollama_servers.start_model_job(admin, added, JobKind.DELETE, "mine:latest")
         jobs.run_job(deleted.pk, "w")
-        gone = ollama_servers.start_delete(admin, added, "ghost:1b")
+        gone = ollama_servers.start_model_job(admin, added, JobKind.DELETE, "ghost:1b")
         jobs.run_job(gone.pk, "w")
     for job in (shown, copied, deleted, gone):
         job.refresh_from_db()

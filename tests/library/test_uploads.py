@@ -18,12 +18,10 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def models_dir(tmp_path, monkeypatch) -> Path:
-    folder = tmp_path / "models"
-    folder.mkdir()
-    monkeypatch.setattr(config, "MODELS_DIR", folder)
+def models_dir(models_dir, monkeypatch) -> Path:
+    """The test's own models folder, and chunks of 1000 bytes (a tiny GGUF spans several)."""
     monkeypatch.setattr(config, "UPLOAD_CHUNK_BYTES", 1000)
-    return folder
+    return models_dir
 
 
 def _start(client, filename: str, size: int):

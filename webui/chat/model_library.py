@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from django.db import IntegrityError, transaction
 
@@ -96,27 +97,47 @@ def register_gguf(
     if chat_format and chat_format not in CHAT_FORMATS:
         raise ModelFileError(f"Chat format must be one of: {', '.join(CHAT_FORMATS)}.")
     path = file_in_models_dir(relative_path)
+    return register_file(
+        name, path, pool=pool, settings={"chat_format": chat_format} if chat_format else {}
+    )
+
+
+def register_file(
+    name: str,
+    path: Path,
+    *,
+    pool: str,
+    settings: dict[str, Any],
+    like: LanguageModel | None = None,
+) -> LanguageModel:
+    """Read ``path``'s header in the limited child and register it as a llama.cpp model;
+    ``like``: its sampling, system prompt and groups too. Raise ModelFileError."""
     try:
         info = inspect_gguf(path)
     except InvalidGguf as exc:
         raise ModelFileError(f"{path.name}: {exc}") from exc
-    if not info.has_chat_template and not chat_format:
+    if not info.has_chat_template and not settings.get("chat_format"):
         raise ModelFileError(
             f"{path.name} has no chat template: choose the chat format its model was trained "
             "with (for example gemma)."
         )
     try:
         with transaction.atomic():  # a savepoint: the request's transaction goes on
-            return LanguageModel.objects.create(
+            model = LanguageModel.objects.create(
                 name=name,
                 backend=Backend.LLAMA_CPP,
                 target=str(path),
                 pool=pool,
-                settings={"chat_format": chat_format} if chat_format else {},
+                settings=settings,
+                parameters=dict(like.parameters) if like else {},
+                system_prompt=like.system_prompt if like else "",
                 details=asdict(info),
             )
+            if like is not None:
+                model.groups.set(like.groups.all())
     except IntegrityError:
         raise ModelFileError(f"A model named {name!r} exists already.") from None
+    return model
 
 
 def describe_file(model: LanguageModel) -> None:

@@ -38,10 +38,9 @@ def next_model_target(pool: str) -> str | None:
     return None
 
 
-def warm_worker(pool: str, target: str, exclude: str = "") -> str | None:
-    """The node name of a live, idle worker of ``pool`` to run ``target``: one that has it
-    loaded; else one that has nothing loaded (so no other model is given up for it)."""
-    idle = [
+def _idle_reports(pool: str, exclude: str) -> list[fleet.WorkerReport]:
+    """The reports of live workers of ``pool`` that run no answer, ``exclude`` left out."""
+    return [
         entry["report"]
         for entry in fleet.fleet()
         if not entry["lost"]
@@ -49,6 +48,12 @@ def warm_worker(pool: str, target: str, exclude: str = "") -> str | None:
         and entry["report"]["answers"] == 0
         and node_of(entry["report"]["worker"]) != exclude
     ]
+
+
+def warm_worker(pool: str, target: str, exclude: str = "") -> str | None:
+    """The node name of a live, idle worker of ``pool`` to run ``target``: one that has it
+    loaded; else one that has nothing loaded (so no other model is given up for it)."""
+    idle = _idle_reports(pool, exclude)
     for wanted in (lambda models: target in models, lambda models: not models):
         nodes = sorted(node_of(report["worker"]) for report in idle if wanted(report["models"]))
         if nodes:
@@ -60,14 +65,7 @@ def loaded_elsewhere(pool: str, target: str, exclude: str) -> bool:
     """Whether another live, idle worker of ``pool`` has ``target`` loaded: an idle worker
     that lacks it leaves the answer to that one (which its wake-up went to) rather than
     load a second copy."""
-    return any(
-        not entry["lost"]
-        and pool in entry["report"]["pools"]
-        and target in entry["report"]["models"]
-        and entry["report"]["answers"] == 0
-        and node_of(entry["report"]["worker"]) != exclude
-        for entry in fleet.fleet()
-    )
+    return any(target in report["models"] for report in _idle_reports(pool, exclude))
 
 
 def wake_target(pool: str, pool_queue: str, exclude: str = "") -> str:

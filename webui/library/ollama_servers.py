@@ -151,46 +151,18 @@ def _name(name: str) -> str:
         raise ServerError(str(exc)) from None
 
 
-def start_pull(user: AbstractBaseUser, server: OllamaServer, name: str) -> ModelJob:
-    name = _name(name)
-    return jobs.start_job(
-        kind=JobKind.PULL,
-        title=f"{name} on {server.name}",
-        params={"server": server.pk, "name": name},
-        user=user,
-    )
-
-
-def start_show(user: AbstractBaseUser, server: OllamaServer, name: str) -> ModelJob:
-    name = _name(name)
-    return jobs.start_job(
-        kind=JobKind.SHOW,
-        title=f"{name} on {server.name}",
-        params={"server": server.pk, "name": name},
-        user=user,
-    )
-
-
-def start_copy(
-    user: AbstractBaseUser, server: OllamaServer, source: str, destination: str
+def start_model_job(
+    user: AbstractBaseUser, server: OllamaServer, kind: str, name: str, destination: str = ""
 ) -> ModelJob:
-    source, destination = _name(source), _name(destination)
-    return jobs.start_job(
-        kind=JobKind.COPY,
-        title=f"{source} → {destination} on {server.name}",
-        params={"server": server.pk, "name": source, "destination": destination},
-        user=user,
-    )
-
-
-def start_delete(user: AbstractBaseUser, server: OllamaServer, name: str) -> ModelJob:
+    """Queue a pull, show, copy (to ``destination``) or delete of ``name`` on ``server``;
+    names are checked before anything is queued."""
     name = _name(name)
-    return jobs.start_job(
-        kind=JobKind.DELETE,
-        title=f"{name} on {server.name}",
-        params={"server": server.pk, "name": name},
-        user=user,
-    )
+    params: dict[str, object] = {"server": server.pk, "name": name}
+    title = name
+    if kind == JobKind.COPY:
+        params["destination"] = _name(destination)
+        title = f"{name} → {params['destination']}"
+    return jobs.start_job(kind=kind, title=f"{title} on {server.name}", params=params, user=user)
 
 
 def details_for_library(details: ollama_admin.ModelDetails) -> dict[str, object]:

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
-from django.db import IntegrityError, transaction
 from django.utils.text import slugify
 
-from inference.gguf_info import InvalidGguf, inspect_gguf
 from inference.hf_convert import ConversionCancelled, ConversionError, convert_hf_llama
 from inference.quantize import (
     QuantizeCancelled,
@@ -66,32 +63,15 @@ def register_file(
 ) -> LanguageModel:
     """Check ``path``'s header and register it; ``like``: take pool, loading, sampling,
     system prompt and groups from that model."""
-    try:
-        info = inspect_gguf(path)
-    except InvalidGguf as exc:
-        raise JobError(f"{path.name}: {exc}") from exc
     settings = dict(like.settings) if like else {}
     if chat_format:
         settings["chat_format"] = chat_format
-    if not info.has_chat_template and not settings.get("chat_format"):
-        raise JobError(f"{path.name} has no chat template: choose a chat format for it.")
     try:
-        with transaction.atomic():
-            model = LanguageModel.objects.create(
-                name=name,
-                backend=Backend.LLAMA_CPP,
-                target=str(path),
-                pool=like.pool if like else "cpu",
-                settings=settings,
-                parameters=dict(like.parameters) if like else {},
-                system_prompt=like.system_prompt if like else "",
-                details=asdict(info),
-            )
-            if like is not None:
-                model.groups.set(like.groups.all())
-    except IntegrityError:
-        raise JobError(f"A model named {name!r} exists already.") from None
-    return model
+        return model_library.register_file(
+            name, path, pool=like.pool if like else "cpu", settings=settings, like=like
+        )
+    except model_library.ModelFileError as exc:
+        raise JobError(str(exc)) from None
 
 
 @runner(JobKind.INSTALL_DEFAULT)

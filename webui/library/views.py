@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 
 from django.contrib import messages as flash
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -13,7 +14,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from webui.accounts.decorators import admin_required
 from webui.library import actions, jobs, ollama_servers, uploads
-from webui.library.models import ModelJob, ModelUpload, OllamaServer
+from webui.library.models import JobKind, ModelJob, ModelUpload, OllamaServer
 
 
 def _started(request: HttpRequest, job: ModelJob) -> None:
@@ -38,39 +39,45 @@ def cancel_job(request: HttpRequest, job_id: int) -> HttpResponse:
     return redirect("manage:models")
 
 
-@admin_required
-@require_POST
-def install_default(request: HttpRequest) -> HttpResponse:
+def _start_from_models_page(request: HttpRequest, start: Callable[[], ModelJob]) -> HttpResponse:
+    """Start a job, or say why not; back to the Models page either way."""
     try:
-        _started(request, actions.start_install_default(request.user))  # type: ignore[arg-type]
+        _started(request, start())
     except actions.ActionError as exc:
         flash.error(request, str(exc))
     return redirect("manage:models")
+
+
+@admin_required
+@require_POST
+def install_default(request: HttpRequest) -> HttpResponse:
+    return _start_from_models_page(
+        request,
+        lambda: actions.start_install_default(request.user),  # type: ignore[arg-type]
+    )
 
 
 @admin_required
 @require_POST
 def quantize(request: HttpRequest) -> HttpResponse:
     source = request.POST.get("source", "")
-    try:
-        job = actions.start_quantize(
+    return _start_from_models_page(
+        request,
+        lambda: actions.start_quantize(
             request.user,  # type: ignore[arg-type]
             source_id=int(source) if source.isdigit() else 0,
             target_type=request.POST.get("type", ""),
             name=request.POST.get("name", ""),
-        )
-    except actions.ActionError as exc:
-        flash.error(request, str(exc))
-    else:
-        _started(request, job)
-    return redirect("manage:models")
+        ),
+    )
 
 
 @admin_required
 @require_POST
 def convert(request: HttpRequest) -> HttpResponse:
-    try:
-        job = actions.start_convert(
+    return _start_from_models_page(
+        request,
+        lambda: actions.start_convert(
             request.user,  # type: ignore[arg-type]
             folder=request.POST.get("folder", ""),
             name=request.POST.get("name", ""),
@@ -78,12 +85,8 @@ def convert(request: HttpRequest) -> HttpResponse:
             chat_format=request.POST.get("chat_format", ""),
             pool=request.POST.get("pool", "cpu"),
             quantize=request.POST.get("quantize", ""),
-        )
-    except actions.ActionError as exc:
-        flash.error(request, str(exc))
-    else:
-        _started(request, job)
-    return redirect("manage:models")
+        ),
+    )
 
 
 @admin_required
@@ -108,15 +111,19 @@ def ollama_page(request: HttpRequest) -> HttpResponse:
     return render(request, "manage/ollama.html", context)
 
 
-OLLAMA_ACTIONS = ("check", "remove", "pull", "show", "copy", "delete")
+# The model jobs of the Ollama page's per-server buttons.
+OLLAMA_JOBS = {
+    "pull": JobKind.PULL,
+    "show": JobKind.SHOW,
+    "copy": JobKind.COPY,
+    "delete": JobKind.DELETE,
+}
 
 
 @admin_required
 @require_POST
 def ollama_action(request: HttpRequest, server_id: int, action: str) -> HttpResponse:
     server = get_object_or_404(OllamaServer, pk=server_id)
-    user = request.user
-    name = request.POST.get("model", "")
     try:
         if action == "check":
             ollama_servers.check_server(server)
@@ -124,15 +131,15 @@ def ollama_action(request: HttpRequest, server_id: int, action: str) -> HttpResp
         elif action == "remove":
             server.delete()
             flash.success(request, f"Removed {server.name}.")
-        elif action == "pull":
-            _started(request, ollama_servers.start_pull(user, server, name))  # type: ignore[arg-type]
-        elif action == "show":
-            _started(request, ollama_servers.start_show(user, server, name))  # type: ignore[arg-type]
-        elif action == "copy":
-            destination = request.POST.get("destination", "")
-            _started(request, ollama_servers.start_copy(user, server, name, destination))  # type: ignore[arg-type]
-        elif action == "delete":
-            _started(request, ollama_servers.start_delete(user, server, name))  # type: ignore[arg-type]
+        elif action in OLLAMA_JOBS:
+            job = ollama_servers.start_model_job(
+                request.user,  # type: ignore[arg-type]
+                server,
+                OLLAMA_JOBS[action],
+                request.POST.get("model", ""),
+                request.POST.get("destination", ""),
+            )
+            _started(request, job)
         else:
             raise Http404("No such action")
     except ollama_servers.ServerError as exc:
