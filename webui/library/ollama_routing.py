@@ -20,19 +20,20 @@ def servers_added() -> bool:
 
 
 def candidates(target: str) -> list[OllamaServer]:
-    """Servers that are up and have ``target``, whose address still resolves only to
-    addresses a server may have (a name can be pointed elsewhere after its check)."""
+    """Servers that are up and have ``target`` (their addresses not checked yet)."""
     servers = OllamaServer.objects.filter(healthy=True).order_by("name")
-    found = []
-    for server in servers:
-        if not ollama_servers.has_model(server, target):
-            continue
-        try:
-            ollama_servers.check_address(server.base_url)
-        except ollama_servers.ServerError:
-            continue
-        found.append(server)
-    return found
+    return [server for server in servers if ollama_servers.has_model(server, target)]
+
+
+def _address_ok(server: OllamaServer) -> bool:
+    """Whether its address still resolves only to addresses a server may have (a name can
+    be pointed elsewhere after its check). Asked of the server about to be used only: this
+    runs each time a worker looks at a queued Ollama answer."""
+    try:
+        ollama_servers.check_address(server.base_url)
+    except ollama_servers.ServerError:
+        return False
+    return True
 
 
 def in_flight(urls: list[str]) -> dict[str, int]:
@@ -49,17 +50,19 @@ def in_flight(urls: list[str]) -> dict[str, int]:
 def least_busy(target: str) -> str:
     """The base URL of the server to use for ``target`` now; BackendError when none can."""
     servers = candidates(target)
-    if not servers:
-        raise BackendError(f"No Ollama server that is up has {target}.")
     counts = in_flight([server.base_url for server in servers])
-    return min(servers, key=lambda server: (counts[server.base_url], server.name)).base_url
+    for server in sorted(servers, key=lambda server: (counts[server.base_url], server.name)):
+        if _address_ok(server):
+            return server.base_url
+    raise BackendError(f"No Ollama server that is up has {target}.")
 
 
 def route(answer: Message, target: str) -> str:
     """The server ``answer`` goes to: the one it was given, while that one is up and has
     the model; else the least busy, noted on the answer."""
-    if answer.served_by and any(s.base_url == answer.served_by for s in candidates(target)):
-        return answer.served_by
+    given = next((s for s in candidates(target) if s.base_url == answer.served_by), None)
+    if given is not None and _address_ok(given):
+        return given.base_url
     url = least_busy(target)
     Message.objects.filter(pk=answer.pk).update(served_by=url)
     answer.served_by = url
