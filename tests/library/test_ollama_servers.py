@@ -8,16 +8,27 @@ import threading
 import time
 
 import pytest
+import redis
 from django.test import Client
 
 from inference import BackendError
+from tests.chat.conftest import UNSERVED_POOL
 from tests.ollama_server import OllamaTestServer, PullableModel, ScriptedModel
+from webui import config
 from webui.chat import services
 from webui.chat.models import LanguageModel, Message
 from webui.library import jobs, ollama_routing, ollama_servers
 from webui.library.models import JobKind, JobState, ModelJob, OllamaServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def unserved_pool():
+    """Wake-ups sent to the unserved pool are dropped afterwards."""
+    yield
+    redis.Redis.from_url(config.redis_url()).delete(UNSERVED_POOL)
+
 
 SMALL = PullableModel(
     layer_sizes=(4000, 100), model=ScriptedModel(reply="Hi there."), steps_per_layer=4
@@ -182,7 +193,7 @@ def test_show_copy_and_delete_run_as_jobs(admin):
     assert gone.state == JobState.FAILED and "not found" in gone.error
 
 
-def test_an_answer_goes_to_the_least_busy_server_that_is_up(alice, bob, admin):
+def test_an_answer_goes_to_the_least_busy_server_that_is_up(alice, bob, admin, unserved_pool):
     a = OllamaServer.objects.create(
         name="a", base_url="http://127.0.0.1:1", healthy=True, remote_models=[{"name": "m:1b"}]
     )
@@ -192,7 +203,10 @@ def test_an_answer_goes_to_the_least_busy_server_that_is_up(alice, bob, admin):
     OllamaServer.objects.create(
         name="c", base_url="http://127.0.0.1:3", healthy=True, remote_models=[{"name": "other"}]
     )
-    model = LanguageModel.objects.create(name="ollama/m:1b", backend="ollama", target="m:1b")
+    # In a pool no test worker consumes: a running worker would route and end these answers.
+    model = LanguageModel.objects.create(
+        name="ollama/m:1b", backend="ollama", target="m:1b", pool=UNSERVED_POOL
+    )
     answers = [
         services.send_message(user=user, conversation_id=None, text="q", model_id=model.pk)[2]
         for user in (alice, bob, admin)
