@@ -126,6 +126,36 @@ class _Samplers:
             self._helpers.shutdown(wait=True)
 
 
+class _BatchSlots:
+    """Writes a step's tokens into a ``llama_batch`` through array views made once: a
+    ctypes field read per token and field costs microseconds, paid for every sequence of
+    every step."""
+
+    def __init__(self, batch: Any, size: int) -> None:
+        def view(pointer: Any, kind: Any) -> Any:
+            return ctypes.cast(pointer, ctypes.POINTER(kind * size)).contents
+
+        self._batch = batch
+        self._tokens = view(batch.token, ctypes.c_int32)
+        self._positions = view(batch.pos, ctypes.c_int32)
+        self._logits = view(batch.logits, ctypes.c_int8)
+        view(batch.n_seq_id, ctypes.c_int32)[:] = [1] * size  # one sequence per token
+        # llama_batch_init gives every token its own one-id array.
+        self._seq_ids = [batch.seq_id[i] for i in range(size)]
+
+    def fill(
+        self, tokens: list[int], positions: list[int], seq_ids: list[int], logits: list[int]
+    ) -> None:
+        n = len(tokens)
+        self._tokens[:n] = tokens
+        self._positions[:n] = positions
+        self._logits[:n] = logits
+        slots = self._seq_ids
+        for i, seq_id in enumerate(seq_ids):
+            slots[i][0] = seq_id
+        self._batch.n_tokens = n
+
+
 def shortlist_size(options: SamplingOptions) -> int:
     """How many of the highest logits hold every token the sampler chain can draw, or 0
     (keep them all).
@@ -234,10 +264,12 @@ class BatchEngine:
         self.metadata = self.model.metadata()
         self._n_swa = llama_cpp.llama_model_n_swa(self.model.model)
         self._batch = llama_cpp.llama_batch_init(config.n_batch, 0, 1)
+        self._slots = _BatchSlots(self._batch, config.n_batch)
         parallel = self.n_vocab >= config.parallel_sampling_min_vocab
         self._samplers = _Samplers(llama_cpp, self.context.ctx, threads if parallel else 1)
-        # Each token's text, asked of llama.cpp once (a ctypes call per token otherwise).
-        self._pieces: dict[int, bytes] = {}
+        # Each token's text and whether it ends generation, asked of llama.cpp once (two
+        # ctypes calls per token otherwise).
+        self._pieces: dict[int, tuple[bytes, bool]] = {}
 
     # -- the readers' side ------------------------------------------------------------
 
@@ -369,10 +401,12 @@ class BatchEngine:
     def _take_id(self, prompt: list[int]) -> tuple[int, int]:
         """A free sequence id for ``prompt``, and how many of its tokens that id's cells
         already hold. The id whose cells ``prompt`` mostly continues (or which hold most of
-        ``prompt``) wins; else the least recently used, so an unrelated prompt that merely
-        starts with the same chat-template tokens does not evict a conversation's cells."""
+        ``prompt``) wins; else the least recently used beside the running ids
+        (``_compact_id``), so an unrelated prompt that merely starts with the same
+        chat-template tokens does not evict a conversation's cells."""
         shares = {i: _shared_prefix(self._cached.get(i, []), prompt) for i in self._free_ids}
-        best, best_shared = self._free_ids[0], 0
+        compact = self._compact_id()
+        best, best_shared = compact, 0
         for seq_id, shared in shares.items():
             held = len(self._cached.get(seq_id, []))
             worth_it = shared * 2 >= max(held, 1) or shared * 2 >= len(prompt)
@@ -394,7 +428,45 @@ class BatchEngine:
             keep = 0  # this memory cannot drop a tail (recurrent models)
         if keep == 0 and cached:
             self._llama_cpp.llama_memory_seq_rm(memory, best, -1, -1)
+        if keep > 0 and best != compact and self._neighbours(compact) > self._neighbours(best):
+            best = self._move_cells(best, compact)
         return best, keep
+
+    def _move_cells(self, source: int, target: int) -> int:
+        """Move ``source``'s cells to the free id ``target`` (it loses its own cache); the
+        id that holds them after. llama.cpp copies the KV stream on the GPU or in memory at
+        the next decode, before that decode's tokens are written."""
+        llama_cpp, memory = self._llama_cpp, self.context.memory
+        span = (
+            llama_cpp.llama_memory_seq_pos_min(memory, source),
+            llama_cpp.llama_memory_seq_pos_max(memory, source),
+        )
+        llama_cpp.llama_memory_seq_rm(memory, target, -1, -1)
+        self._cached.pop(target, None)
+        llama_cpp.llama_memory_seq_cp(memory, source, target, -1, -1)
+        copied = (
+            llama_cpp.llama_memory_seq_pos_min(memory, target),
+            llama_cpp.llama_memory_seq_pos_max(memory, target),
+        )
+        if copied != span:  # a memory that does not copy across sequences: stay put
+            llama_cpp.llama_memory_seq_rm(memory, target, -1, -1)
+            return source
+        llama_cpp.llama_memory_seq_rm(memory, source, -1, -1)
+        self._free_ids.remove(target)
+        self._free_ids.insert(0, source)  # empty now: the first to reuse
+        return target
+
+    def _compact_id(self) -> int:
+        """The free id that keeps the running ids in the fewest runs of consecutive ids,
+        least recently used first. With a KV stream per sequence llama.cpp decodes only
+        consecutive ids together: each further run is another pass over the weights in
+        every step (``llama_batch_allocr::split_equal``)."""
+        return max(self._free_ids, key=self._neighbours)  # max keeps the first of equals
+
+    def _neighbours(self, seq_id: int) -> int:
+        """How many of the ids either side of ``seq_id`` are running."""
+        running = [s.seq_id for s in self._active]
+        return (seq_id - 1 in running) + (seq_id + 1 in running)
 
     def _drop_closed(self) -> None:
         for sequence in list(self._active):
@@ -442,33 +514,26 @@ class BatchEngine:
         return sampler
 
     def _step(self) -> None:
-        batch = self._batch
-        n = 0
+        # Each step's Python work is paid per sequence while the GPU waits for the next
+        # decode, so the batch is filled from lists in one go (not field by field).
+        tokens: list[int] = []
+        positions: list[int] = []
+        seq_ids: list[int] = []
+        logits: list[int] = []
         sample_at: list[tuple[_Sequence, int]] = []
-
-        def add(token: int, pos: int, seq_id: int, logits: bool) -> None:
-            nonlocal n
-            batch.token[n] = token
-            batch.pos[n] = pos
-            batch.n_seq_id[n] = 1
-            batch.seq_id[n][0] = seq_id
-            batch.logits[n] = logits
-            n += 1
 
         generating = [s for s in self._active if not s.prefilling]
         for sequence in generating:
             assert sequence.next_token is not None
             sequence.decoded.append(sequence.next_token)
-            sample_at.append((sequence, n))
-            add(
-                sequence.next_token,
-                len(sequence.prompt) + sequence.completion - 1,
-                sequence.seq_id,
-                True,
-            )
+            sample_at.append((sequence, len(tokens)))
+            tokens.append(sequence.next_token)
+            positions.append(len(sequence.prompt) + sequence.completion - 1)
+            seq_ids.append(sequence.seq_id)
+            logits.append(1)
         # Alone, a prompt goes in as llama-cpp-python evaluates it (n_batch at a time);
         # beside running streams, in bounded chunks so their next token is not held up.
-        budget = self.config.n_batch - n
+        budget = self.config.n_batch - len(tokens)
         # Background prompts wait while any other sequence is in the batch.
         foreground = any(not s.background for s in self._active)
         for sequence in self._active:
@@ -478,32 +543,37 @@ class BatchEngine:
                 chunk = self.config.background_chunk
             else:
                 chunk = self.config.prefill_chunk if generating else budget
-            take = min(len(sequence.prompt) - sequence.evaluated, budget, chunk)
-            for i in range(sequence.evaluated, sequence.evaluated + take):
-                last = i == len(sequence.prompt) - 1
-                if last:
-                    sample_at.append((sequence, n))
-                add(sequence.prompt[i], i, sequence.seq_id, last)
+            start = sequence.evaluated
+            take = min(len(sequence.prompt) - start, budget, chunk)
+            tokens += sequence.prompt[start : start + take]
+            positions += range(start, start + take)
+            seq_ids += [sequence.seq_id] * take
+            logits += [0] * take
+            if start + take == len(sequence.prompt):
+                logits[-1] = 1
+                sample_at.append((sequence, len(tokens) - 1))
             sequence.evaluated += take
             budget -= take
-        batch.n_tokens = n
-        status = self._llama_cpp.llama_decode(self.context.ctx, batch)
+        self._slots.fill(tokens, positions, seq_ids, logits)
+        status = self._llama_cpp.llama_decode(self.context.ctx, self._batch)
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status}")
-        tokens = self._samplers.tokens([(s.sampler.sampler, index) for s, index in sample_at])
-        for (sequence, _), token in zip(sample_at, tokens, strict=True):
+        sampled = self._samplers.tokens([(s.sampler.sampler, index) for s, index in sample_at])
+        for (sequence, _), token in zip(sample_at, sampled, strict=True):
             self._accept(sequence, token)
 
     def _accept(self, sequence: _Sequence, token: int) -> None:
-        llama_cpp = self._llama_cpp
-        if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+        known = self._pieces.get(token)
+        if known is None:
+            llama_cpp = self._llama_cpp
+            size = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece, 256, 0, False)
+            ends = bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+            known = self._pieces[token] = (self._piece.raw[: max(size, 0)], ends)
+        piece, ends = known
+        if ends:
             self._finish(sequence, "stop")
             return
         sequence.completion += 1
-        piece = self._pieces.get(token)
-        if piece is None:
-            size = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece, 256, 0, False)
-            piece = self._pieces[token] = self._piece.raw[: max(size, 0)]
         text = sequence.decoder.feed(piece)
         if text:
             sequence.out.put(TextChunk(text))

@@ -161,7 +161,10 @@ def start_worker(
 def worker(stack_env, tmp_path_factory) -> Iterator[Worker]:
     """One real Celery worker consuming the real `cpu` queue."""
     log = tmp_path_factory.mktemp("worker") / "worker.log"
-    running = start_worker(stack_env, log)
+    # Tests write running rows with old heartbeats and call the reaper themselves; this
+    # worker's own reaper must not take those rows first. Fault tests start workers with a
+    # fast reaper of their own (tests/e2e/conftest.py).
+    running = start_worker({**stack_env, "CORRAL_HEARTBEAT_STALE_S": "3600"}, log)
     yield running
     _stop(running.process)
 

@@ -293,3 +293,85 @@ def test_the_shortlist_draws_what_the_whole_vocabulary_would(gemma_path):
             assert draws(options, shortlist=True) == whole
     finally:
         engine.close()
+
+
+def _cells(engine, seq_id: int) -> tuple[int, int]:
+    memory = engine.context.memory
+    llama_cpp = engine._llama_cpp
+    return (
+        llama_cpp.llama_memory_seq_pos_min(memory, seq_id),
+        llama_cpp.llama_memory_seq_pos_max(memory, seq_id),
+    )
+
+
+def test_a_follow_up_moves_its_cells_beside_the_running_answers(gemma_path):
+    """llama.cpp decodes only consecutive sequence ids together: a follow-up whose cached
+    cells lie apart from the running answers moves them to a free id beside those, so a
+    step stays one pass over the weights, and it still reuses them."""
+    from inference.llama_engine import BatchEngine, EngineConfig
+
+    engine = BatchEngine(
+        str(gemma_path), EngineConfig(n_ctx_per_seq=256, n_seq_max=4, n_threads=2, n_gpu_layers=0)
+    )
+    options = SamplingOptions(temperature=0.0, repeat_penalty=1.0, max_tokens=8)
+    try:
+        first_prompt = engine.tokenize("A short story about horses:", add_bos=True)
+        first = list(engine.generate(first_prompt, options, ()))  # id 0, cached after
+        list(engine.generate(engine.tokenize("Cheese:", add_bos=True), options, ()))  # id 1
+        held = _cells(engine, 0)
+        assert held[0] == 0 and held[1] >= len(first_prompt)
+
+        running = engine.generate(
+            engine.tokenize("A long story about rivers:", add_bos=True),
+            options.model_copy(update={"max_tokens": 200}),
+            (),
+        )
+        assert isinstance(next(running), TextChunk)  # id 2: the least recently used
+        text = "".join(i.text for i in first if isinstance(i, TextChunk))
+        follow_up = first_prompt + engine.tokenize(text + " Then the herd", special=False)
+        before = engine.reused_tokens
+        joined = engine.generate(follow_up, options, ())
+        assert isinstance(next(joined), TextChunk)
+        ids = sorted(s.seq_id for s in engine._active)
+        assert len(ids) == 2 and ids[1] - ids[0] == 1, ids  # side by side
+        assert engine.reused_tokens - before >= len(first_prompt)  # its cells came along
+        assert _cells(engine, 0) == (-1, -1)  # and left their old id
+        assert [i for i in joined if isinstance(i, Finished)]
+        running.close()
+    finally:
+        engine.close()
+
+
+def test_moved_cells_give_the_logits_they_gave_before(gemma_path):
+    """The KV data itself moves, not only the bookkeeping: the next token decoded on the
+    new id has exactly the logits it has on the old one."""
+    from inference.llama_engine import BatchEngine, EngineConfig
+
+    def next_logits(move: bool) -> list[float]:
+        engine = BatchEngine(
+            str(gemma_path),
+            EngineConfig(n_ctx_per_seq=128, n_seq_max=3, n_threads=2, n_gpu_layers=0),
+        )
+        try:
+            options = SamplingOptions(temperature=0.0, repeat_penalty=1.0, max_tokens=6)
+            prompt = engine.tokenize("A short story about horses:", add_bos=True)
+            list(engine.generate(prompt, options, ()))  # id 0; the loop is idle after
+            seq_id = 0
+            if move:
+                with engine._lock:
+                    engine._free_ids.remove(0)
+                    seq_id = engine._move_cells(0, 2)
+                assert seq_id == 2
+            llama_cpp, batch = engine._llama_cpp, engine._batch
+            position = _cells(engine, seq_id)[1] + 1
+            batch.token[0], batch.pos[0], batch.n_seq_id[0] = prompt[1], position, 1
+            batch.seq_id[0][0] = seq_id
+            batch.logits[0] = 1
+            batch.n_tokens = 1
+            assert llama_cpp.llama_decode(engine.context.ctx, batch) == 0
+            logits = llama_cpp.llama_get_logits_ith(engine.context.ctx, 0)
+            return [logits[i] for i in range(engine.n_vocab)]
+        finally:
+            engine.close()
+
+    assert next_logits(move=True) == next_logits(move=False)
