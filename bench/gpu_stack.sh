@@ -4,7 +4,8 @@
 # 1. the engine alone: one answer vs raw llama-cpp-python, 8 and 32 at once;
 # 2. a gpu-pool worker end to end: a gpu-pool model with every layer offloaded, a Celery worker
 #    on the gpu queue, uvicorn, a websocket client; raw vs Corral, and what the Fleet page shows;
-# 3. 32 clients of 4 people through the whole stack vs raw.
+# 3. 32 clients of 4 people through the whole stack vs raw;
+# 4. (rounds) 1, 8 and 32 answers at once through the whole stack, one worker batching 32.
 # Each stage is bounded by the kit's deadline (KIT_DEADLINE) and writes one JSON file.
 set -u
 PY=${PYTHON:-python3}
@@ -25,9 +26,21 @@ stage() {  # name, seconds wanted at most, command...
   echo "== $name rc=$? ($(wc -c < "$OUT/$name.json") bytes)"
   cat "$OUT/$name.json"; echo
 }
-stage engine 120 "$PY" bench/engine_bench.py --model "$MODEL" --n-gpu-layers "$LAYERS" \
-  --threads "$THREADS" --batches 1,8,32 --tokens 256 --runs 3 --n-ctx 1024 --json
-stage stream 150 "$PY" bench/stream_bench.py --model "$MODEL" --n-gpu-layers "$LAYERS" \
-  --pool gpu --threads "$THREADS" --runs 5 --tokens 256 --json
-stage load 180 "$PY" bench/load_bench.py --model "$MODEL" --n-gpu-layers "$LAYERS" \
-  --clients 32 --users 4 --tokens 128 --raw --json
+ENGINE=("$PY" bench/engine_bench.py --model "$MODEL" --n-gpu-layers "$LAYERS" --threads "$THREADS"
+  --batches 1,8,32 --runs 3 --n-ctx 1024 --json)
+# STAGES picks and orders them (a short device call runs the first ones only).
+for name in ${STAGES:-engine stream load rounds}; do
+  case $name in
+    engine) stage engine 120 "${ENGINE[@]}" --tokens 256 ;;
+    engine128) stage engine128 60 "${ENGINE[@]}" --tokens 128 ;;
+    stream) stage stream 150 "$PY" bench/stream_bench.py --model "$MODEL" \
+      --n-gpu-layers "$LAYERS" --pool gpu --threads "$THREADS" --runs 5 --tokens 256 --json ;;
+    load) stage load 180 "$PY" bench/load_bench.py --model "$MODEL" --n-gpu-layers "$LAYERS" \
+      --clients 32 --users 4 --tokens 128 --raw --json ;;
+    # 1, 8 and 32 answers at once through the whole stack, one worker process batching 32.
+    rounds) stage rounds 120 "$PY" bench/load_bench.py --model "$MODEL" \
+      --n-gpu-layers "$LAYERS" --rounds 1,8,32 --users 8 --tokens 128 --batch-size 32 \
+      --raw --json ;;
+    *) echo "== unknown stage $name" ;;
+  esac
+done

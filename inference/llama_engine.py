@@ -66,7 +66,10 @@ class _Sequence:
     options: SamplingOptions
     decoder: TextDecoder
     out: queue.SimpleQueue[StreamItem | BaseException] = field(default_factory=queue.SimpleQueue)
-    closed: threading.Event = field(default_factory=threading.Event)
+    closed: threading.Event = field(default_factory=threading.Event)  # by its reader
+    # Set with the last item, so a resting reader takes it at once (an answer's end is
+    # not held up by the rest).
+    ended: threading.Event = field(default_factory=threading.Event)
     seq_id: int = -1
     evaluated: int = 0  # prompt tokens in the KV cache
     decoded: list[int] = field(default_factory=list)  # completion tokens in the KV cache
@@ -78,6 +81,10 @@ class _Sequence:
     @property
     def prefilling(self) -> bool:
         return self.evaluated < len(self.prompt)
+
+    def end(self, last: Finished | BaseException) -> None:
+        self.out.put(last)
+        self.ended.set()
 
 
 class _Samplers:
@@ -332,7 +339,7 @@ class BatchEngine:
                     yield item
                     if isinstance(item, Finished):
                         return
-                sequence.closed.wait(self.config.reader_interval_s)
+                sequence.ended.wait(self.config.reader_interval_s)
         finally:
             sequence.closed.set()
             with self._lock:
@@ -370,7 +377,7 @@ class BatchEngine:
                     self._lock.wait()
                 if self._closing:
                     for sequence in self._active + self._joining:
-                        sequence.out.put(BackendError("The model was unloaded."))
+                        sequence.end(BackendError("The model was unloaded."))
                     return
                 self._admit()
             self._drop_closed()
@@ -381,7 +388,7 @@ class BatchEngine:
             except Exception as exc:  # a failed decode fails the answers it carried
                 logger.exception("batched decode failed")
                 for sequence in list(self._active):
-                    sequence.out.put(BackendError("llama.cpp failed.", detail=str(exc)))
+                    sequence.end(BackendError("llama.cpp failed.", detail=str(exc)))
                     self._release(sequence, keep_cells=False)
 
     def _admit(self) -> None:
@@ -591,7 +598,7 @@ class BatchEngine:
         rest = sequence.decoder.finish()
         if rest:
             sequence.out.put(TextChunk(rest))
-        sequence.out.put(
+        sequence.end(
             Finished(
                 reason=reason,
                 usage=Usage(

@@ -355,13 +355,14 @@ def test_moved_cells_give_the_logits_they_gave_before(gemma_path):
         try:
             options = SamplingOptions(temperature=0.0, repeat_penalty=1.0, max_tokens=6)
             prompt = engine.tokenize("A short story about horses:", add_bos=True)
-            list(engine.generate(prompt, options, ()))  # id 0; the loop is idle after
+            list(engine.generate(prompt, options, ()))  # id 0
             seq_id = 0
-            if move:
-                with engine._lock:
+            with engine._lock:  # the loop frees the id just after sending the end
+                assert engine._lock.wait_for(lambda: not engine._active, timeout=30)
+                if move:
                     engine._free_ids.remove(0)
                     seq_id = engine._move_cells(0, 2)
-                assert seq_id == 2
+            assert seq_id == (2 if move else 0)
             llama_cpp, batch = engine._llama_cpp, engine._batch
             position = _cells(engine, seq_id)[1] + 1
             batch.token[0], batch.pos[0], batch.n_seq_id[0] = prompt[1], position, 1
@@ -375,3 +376,29 @@ def test_moved_cells_give_the_logits_they_gave_before(gemma_path):
             engine.close()
 
     assert next_logits(move=True) == next_logits(move=False)
+
+
+def test_a_reader_resting_between_texts_gets_the_end_at_once(gemma_path):
+    """Readers rest between takes so they do not wake for every token; the end of an
+    answer cuts the rest short, so its last words and Finished are not held back."""
+    from inference.llama_engine import BatchEngine, EngineConfig
+
+    engine = BatchEngine(
+        str(gemma_path),
+        EngineConfig(
+            n_ctx_per_seq=128, n_seq_max=1, n_threads=2, n_gpu_layers=0, reader_interval_s=30
+        ),
+    )
+    try:
+        started = time.monotonic()
+        items = list(
+            engine.generate(
+                engine.tokenize("A short story about horses:", add_bos=True),
+                SamplingOptions(temperature=0.0, repeat_penalty=1.0, max_tokens=6),
+                (),
+            )
+        )
+        assert isinstance(items[-1], Finished)
+        assert time.monotonic() - started < 20  # one rest would be 30 s
+    finally:
+        engine.close()

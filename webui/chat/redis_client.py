@@ -1,16 +1,32 @@
-"""The Redis client of this process's background threads (queue rounds, fleet reports):
-with timeouts, so a Redis that hangs instead of refusing stalls them for seconds, not for
-good."""
+"""Redis clients with timeouts: a Redis that hangs instead of refusing stalls a caller for
+seconds (it then gets a ``redis.TimeoutError``, a ``RedisError``), not for good."""
 
 from __future__ import annotations
 
 from functools import cache
 
 import redis
+import redis.asyncio as aioredis
 
 from webui import config
+
+# Every call here is a single small command: seconds are plenty.
+TIMEOUT_S = 2.0
+
+
+def sync_client() -> redis.Redis:
+    return redis.Redis.from_url(
+        config.redis_url(), socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S
+    )
+
+
+def async_client() -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        config.redis_url(), socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S
+    )
 
 
 @cache
 def background_redis() -> redis.Redis:
-    return redis.Redis.from_url(config.redis_url(), socket_timeout=2, socket_connect_timeout=2)
+    """The client of this process's background threads (queue rounds, fleet reports)."""
+    return sync_client()

@@ -11,7 +11,7 @@ from functools import cache
 
 import redis
 
-from webui import config
+from webui.chat import redis_client
 
 logger = logging.getLogger("corral.stop")
 
@@ -20,7 +20,7 @@ _TTL_S = 3600
 
 @cache
 def _client() -> redis.Redis:
-    return redis.Redis.from_url(config.redis_url())
+    return redis_client.sync_client()
 
 
 def _key(message_id: int, attempt: int) -> str:

@@ -22,11 +22,10 @@ from functools import cache
 from typing import Any, Literal, TypedDict
 
 import redis
-import redis.asyncio as aioredis
 from channels.layers import get_channel_layer
 from django.db import transaction
 
-from webui import config
+from webui.chat import redis_client
 from webui.chat.models import Message
 from webui.chat.selectors import MessagePayload, message_payload
 
@@ -158,7 +157,7 @@ class _Sender:
     async def _drain(self) -> None:
         assert self._queue is not None
         layer = get_channel_layer()
-        redis_client = aioredis.Redis.from_url(config.redis_url())
+        replay = redis_client.async_client()
         while True:
             kind, payload = await self._queue.get()
             try:
@@ -168,7 +167,7 @@ class _Sender:
                     entry = json.dumps(
                         {"seq": delta.seq, "offset": delta.offset, "text": delta.text}
                     )
-                    async with redis_client.pipeline(transaction=False) as pipe:
+                    async with replay.pipeline(transaction=False) as pipe:
                         pipe.rpush(key, entry)
                         pipe.expire(key, REPLAY_TTL_S)
                         await pipe.execute()
@@ -228,7 +227,7 @@ def publish_user_event(user_id: int, event: UserEvent) -> None:
 
 async def read_replay(message_id: int, attempt: int, after_seq: int) -> list[dict[str, Any]]:
     """Deltas of one attempt at ``message_id`` with seq > ``after_seq``, oldest first."""
-    client = aioredis.Redis.from_url(config.redis_url())
+    client = redis_client.async_client()
     try:
         raw = await client.lrange(replay_key(message_id, attempt), 0, -1)
     finally:
@@ -239,7 +238,7 @@ async def read_replay(message_id: int, attempt: int, after_seq: int) -> list[dic
 
 @cache
 def _sync_redis() -> redis.Redis:
-    return redis.Redis.from_url(config.redis_url())
+    return redis_client.sync_client()
 
 
 def reset_replay(message_id: int, attempt: int) -> None:

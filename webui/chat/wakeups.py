@@ -15,8 +15,8 @@ from functools import cache
 import redis
 from django.db import transaction
 
-from webui import config
 from webui.celery import WAKE_TASK, app
+from webui.chat import redis_client
 from webui.chat.pools import queue_for_pool
 
 logger = logging.getLogger("corral.wakeups")
@@ -24,7 +24,7 @@ logger = logging.getLogger("corral.wakeups")
 
 @cache
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(config.redis_url())
+    return redis_client.sync_client()
 
 
 def _presence_key(pool: str) -> str:
