@@ -66,7 +66,9 @@ def _settled(nodes: set[str], loaded: dict[str, list[str]] | None = None) -> dic
 def test_answers_go_to_the_worker_that_has_their_model_loaded(stack_env, tmp_path, alice, bob):
     first_model = _tiny_model(tmp_path, "tiny-one", seed=1)
     second_model = _tiny_model(tmp_path, "tiny-two", seed=2)
-    env = {**stack_env, **FAST_REAPER, "CORRAL_MAX_LOADED_MODELS": "1"}
+    # Titles off: an idle worker writing a title loads that conversation's model wherever
+    # it is loaded already (titles are not warm-routed), which is not what this checks.
+    env = {**stack_env, **FAST_REAPER, "CORRAL_MAX_LOADED_MODELS": "1", "CORRAL_AUTO_TITLE": "0"}
     workers = []
     try:
         workers.append(start_worker(env, tmp_path / "one.log", queues=POOL, label="warm-one"))

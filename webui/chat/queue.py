@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 from django.db import connection
-from django.db.models import Avg, Max
+from django.db.models import Avg, Max, QuerySet
 
 from webui import config
 from webui.chat import streams, wakeups
@@ -40,6 +40,18 @@ def _queued_in(pool: str) -> list[Message]:
         )
         .select_related("conversation", "model", "parent__parent")
         .order_by("created_at", "pk")
+    )
+
+
+def claimable_in(pool: str) -> QuerySet[Message]:
+    """The pool's queued answers that a worker could claim now, in no order: not those
+    waiting for the answer before them (``waits_for_earlier_answer``)."""
+    return (
+        Message.objects.filter(
+            role=Message.Role.ASSISTANT, status=Message.Status.QUEUED, model__pool=pool
+        )
+        .exclude(parent__parent__status__in=Message.ACTIVE)
+        .order_by()
     )
 
 

@@ -28,6 +28,15 @@ def node_of(worker: str) -> str:
 
 def next_model_target(pool: str) -> str | None:
     """The GGUF of the fairest answer a worker of ``pool`` could claim now."""
+    # Every message sent wakes a worker, so this runs once per message, a burst of them
+    # one after another: when the claimable answers all want one model (the usual case)
+    # one query says which, without putting the queue in its fair order.
+    models = list(
+        queue.claimable_in(pool).values_list("model__backend", "model__target").distinct()[:2]
+    )
+    if len(models) < 2:
+        backend, target = models[0] if models else (None, None)
+        return target if backend == Backend.LLAMA_CPP else None
     for candidate in queue.queue_of(pool):
         if queue.waits_for_earlier_answer(candidate):
             continue
