@@ -147,7 +147,8 @@ def _state(values):
         list(conversation.messages.values_list("pk", "status", "content")),
         SharedLink.objects.get(pk=values["l"]).revoked_at,
         list(ModelJob.objects.values_list("pk", "state", "cancel_requested")),
-        list(OllamaServer.objects.values_list("pk", "base_url", "checked_at")),
+        # Not its health check's time: every worker's reaper checks the servers on its own.
+        list(OllamaServer.objects.values_list("pk", "name", "base_url")),
         list(ModelUpload.objects.values_list("pk", "received", "state")),
     )
 
