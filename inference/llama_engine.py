@@ -196,6 +196,11 @@ def _shared_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+def _neighbours(seq_id: int, running: set[int]) -> int:
+    """How many of the ids either side of ``seq_id`` are running."""
+    return (seq_id - 1 in running) + (seq_id + 1 in running)
+
+
 def _joined(items: list[StreamItem | BaseException]) -> list[StreamItem | BaseException]:
     """Consecutive text chunks as one."""
     out: list[StreamItem | BaseException] = []
@@ -412,7 +417,8 @@ class BatchEngine:
         (``_compact_id``), so an unrelated prompt that merely starts with the same
         chat-template tokens does not evict a conversation's cells."""
         shares = {i: _shared_prefix(self._cached.get(i, []), prompt) for i in self._free_ids}
-        compact = self._compact_id()
+        running = {s.seq_id for s in self._active}
+        compact = self._compact_id(running)
         best, best_shared = compact, 0
         for seq_id, shared in shares.items():
             held = len(self._cached.get(seq_id, []))
@@ -435,7 +441,7 @@ class BatchEngine:
             keep = 0  # this memory cannot drop a tail (recurrent models)
         if keep == 0 and cached:
             self._llama_cpp.llama_memory_seq_rm(memory, best, -1, -1)
-        if keep > 0 and best != compact and self._neighbours(compact) > self._neighbours(best):
+        if keep > 0 and _neighbours(compact, running) > _neighbours(best, running):
             best = self._move_cells(best, compact)
         return best, keep
 
@@ -463,17 +469,13 @@ class BatchEngine:
         self._free_ids.insert(0, source)  # empty now: the first to reuse
         return target
 
-    def _compact_id(self) -> int:
+    def _compact_id(self, running: set[int]) -> int:
         """The free id that keeps the running ids in the fewest runs of consecutive ids,
         least recently used first. With a KV stream per sequence llama.cpp decodes only
         consecutive ids together: each further run is another pass over the weights in
         every step (``llama_batch_allocr::split_equal``)."""
-        return max(self._free_ids, key=self._neighbours)  # max keeps the first of equals
-
-    def _neighbours(self, seq_id: int) -> int:
-        """How many of the ids either side of ``seq_id`` are running."""
-        running = [s.seq_id for s in self._active]
-        return (seq_id - 1 in running) + (seq_id + 1 in running)
+        # max keeps the first (least recently used) of equals
+        return max(self._free_ids, key=lambda seq_id: _neighbours(seq_id, running))
 
     def _drop_closed(self) -> None:
         for sequence in list(self._active):

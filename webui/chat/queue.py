@@ -33,11 +33,16 @@ logger = logging.getLogger("corral.queue")
 SETTLE_S = 0.1
 
 
+def _queued(pool: str) -> QuerySet[Message]:
+    """The pool's queued answers, unordered."""
+    return Message.objects.filter(
+        role=Message.Role.ASSISTANT, status=Message.Status.QUEUED, model__pool=pool
+    ).order_by()
+
+
 def _queued_in(pool: str) -> list[Message]:
     return list(
-        Message.objects.filter(
-            role=Message.Role.ASSISTANT, status=Message.Status.QUEUED, model__pool=pool
-        )
+        _queued(pool)
         .select_related("conversation", "model", "parent__parent")
         .order_by("created_at", "pk")
     )
@@ -46,13 +51,7 @@ def _queued_in(pool: str) -> list[Message]:
 def claimable_in(pool: str) -> QuerySet[Message]:
     """The pool's queued answers that a worker could claim now, in no order: not those
     waiting for the answer before them (``waits_for_earlier_answer``)."""
-    return (
-        Message.objects.filter(
-            role=Message.Role.ASSISTANT, status=Message.Status.QUEUED, model__pool=pool
-        )
-        .exclude(parent__parent__status__in=Message.ACTIVE)
-        .order_by()
-    )
+    return _queued(pool).exclude(parent__parent__status__in=Message.ACTIVE)
 
 
 def fair_order(queued: list[Message], last_start: dict[int, datetime]) -> list[Message]:
@@ -81,9 +80,7 @@ def fair_order(queued: list[Message], last_start: dict[int, datetime]) -> list[M
 
 def anything_queued(pool: str) -> bool:
     """One cheap query: whether any answer waits in the pool (before ordering them)."""
-    return Message.objects.filter(
-        role=Message.Role.ASSISTANT, status=Message.Status.QUEUED, model__pool=pool
-    ).exists()
+    return _queued(pool).exists()
 
 
 def queue_of(pool: str) -> list[Message]:
