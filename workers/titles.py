@@ -2,7 +2,8 @@
 
 A title is a low-priority job on the model's own pool: a worker takes it only when no
 answer waits in that pool, and gives it up (to run again later) as soon as one arrives,
-so it never delays anyone's answer. A title the person wrote is never overwritten.
+so it never delays anyone's answer, and it never makes a worker give up a loaded model
+for it (``_writable_here``). A title the person wrote is never overwritten.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from datetime import datetime, timedelta
 from typing import cast
 
+from django.db.models import Q, QuerySet
 from django.db.models.functions import Now
 
 from inference import (
@@ -23,10 +25,11 @@ from inference import (
     Role,
     SamplingOptions,
     get_backend,
+    loaded_models,
 )
 from webui import config
 from webui.chat import selectors, streams
-from webui.chat.models import Conversation, Message, TitleStatus
+from webui.chat.models import Backend, Conversation, Message, TitleStatus
 from workers.generation import model_spec
 
 logger = logging.getLogger("corral.titles")
@@ -62,12 +65,27 @@ def _answer_waiting(pool: str) -> bool:
     return Message.objects.filter(status=Message.Status.QUEUED, model__pool=pool).exists()
 
 
+def _writable_here(pool: str) -> QuerySet[Conversation]:
+    """The pool's conversations waiting for a title that this process may write. A title
+    never makes it give up a loaded model (the next answer for that one would wait seconds
+    to load it again): when it holds as many as it may, only titles of models it has
+    loaded (or that load nothing: Ollama's) are its to write; the rest wait for a worker
+    that has their model loaded or room for it."""
+    pending = Conversation.objects.filter(
+        title_status=TitleStatus.PENDING, model__pool=pool, model__enabled=True
+    )
+    loaded = loaded_models()
+    if len(loaded) >= config.MAX_LOADED_MODELS:
+        pending = pending.exclude(
+            Q(model__backend=Backend.LLAMA_CPP) & ~Q(model__target__in=loaded)
+        )
+    return pending
+
+
 def _claim(pool: str) -> Conversation | None:
     if _answer_waiting(pool):
         return None
-    for conversation in Conversation.objects.filter(
-        title_status=TitleStatus.PENDING, model__pool=pool, model__enabled=True
-    ).order_by("updated_at")[:5]:
+    for conversation in _writable_here(pool).order_by("updated_at")[:5]:
         claimed = Conversation.objects.filter(
             pk=conversation.pk, title_status=TitleStatus.PENDING
         ).update(title_status=TitleStatus.RUNNING, title_claimed_at=Now())

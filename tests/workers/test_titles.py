@@ -8,13 +8,16 @@ import time
 
 import pytest
 
+from inference import get_backend, loaded_models
 from tests.chat.conftest import UNSERVED_POOL
+from tests.hf_models import tiny_llama_gguf
 from tests.ollama_server import OllamaTestServer
 from tests.workers.test_generation import collect_events, ollama_model
+from webui import config
 from webui.chat import services, streams
-from webui.chat.models import Conversation, Message, TitleStatus
+from webui.chat.models import Conversation, LanguageModel, Message, TitleStatus
 from workers import titles
-from workers.generation import run_next
+from workers.generation import model_spec, run_next
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -153,3 +156,39 @@ def test_a_title_whose_worker_died_waits_again(alice, gemma):
     assert titles.requeue_lost_titles() == 1
     assert Conversation.objects.get(pk=conversation.pk).title_status == TitleStatus.PENDING
     assert Conversation.objects.get(pk=fresh.pk).title_status == TitleStatus.RUNNING
+
+
+def test_a_title_never_makes_a_full_worker_give_up_a_loaded_model(alice, tmp_path, monkeypatch):
+    """A worker holding as many models as it may writes titles of the ones it has loaded;
+    a title of another model (the oldest waiting here) waits for a worker that has it
+    loaded or room for it, instead of loading it over this worker's model."""
+    models = [
+        LanguageModel.objects.create(
+            name=name,
+            backend="llama_cpp",
+            target=str(tiny_llama_gguf(tmp_path, f"{name}.gguf", seed=seed)),
+            pool=UNSERVED_POOL,
+            settings={"n_ctx": 512, "batch_size": 2},
+        )
+        for seed, name in enumerate(("tiny-other", "tiny-loaded"))
+    ]
+    other, loaded = models
+    waiting = {}
+    for model in models:  # the other model's conversation is the older one
+        conversation = Conversation.objects.create(
+            owner=alice, model=model, title="hello", title_status=TitleStatus.PENDING
+        )
+        Message.objects.create(conversation=conversation, role="user", content="hello")
+        waiting[model.pk] = conversation
+    spec = model_spec(loaded)
+    get_backend("llama_cpp").load(spec.target, spec.settings)
+    monkeypatch.setattr(config, "MAX_LOADED_MODELS", len(loaded_models()))
+
+    assert titles.run_next_title(UNSERVED_POOL).pk == waiting[loaded.pk].pk
+    assert titles.run_next_title(UNSERVED_POOL) is None  # the other one is not its to write
+    assert Conversation.objects.get(pk=waiting[other.pk].pk).title_status == TitleStatus.PENDING
+    assert other.target not in loaded_models()
+
+    monkeypatch.setattr(config, "MAX_LOADED_MODELS", len(loaded_models()) + 1)  # room now
+    assert titles.run_next_title(UNSERVED_POOL).pk == waiting[other.pk].pk
+    assert Conversation.objects.get(pk=waiting[other.pk].pk).title_status == TitleStatus.AUTO
