@@ -24,6 +24,12 @@ Figures:
   which the users' answers started (round robin: a user's k-th answer starts before
   anyone's (k+2)-th);
 - wall time from the sends to the last answer, answers done, aggregate tokens/s.
+- admission, from the DB: how long the sends took to reach it, each answer's wait for a
+  claim, and the worker's own time to first token.
+
+Before each round the bench waits until the worker is idle: no answer queued or running
+and no title waiting or being written (the previous round's titles would otherwise share
+the next round's batch: "one answer alone" would not be alone).
 """
 
 from __future__ import annotations
@@ -519,6 +525,23 @@ def main() -> None:
     report(figures, args.json)
 
 
+def wait_until_idle(limit_s: float = 120) -> float:
+    """Wait until no answer is queued or running and no title is waiting or being written:
+    the previous round's titles (low-priority work the worker does when idle) must not
+    share the next round's batch. Seconds waited."""
+    from webui.chat.models import Conversation, Message, TitleStatus
+
+    start = time.perf_counter()
+    titling = (TitleStatus.PENDING, TitleStatus.RUNNING)
+    while time.perf_counter() - start < limit_s:
+        busy = Message.objects.filter(status__in=Message.ACTIVE).exists()
+        if not busy and not Conversation.objects.filter(title_status__in=titling).exists():
+            time.sleep(0.3)  # the worker's loop notices it has nothing left and ends
+            return time.perf_counter() - start
+        time.sleep(0.1)
+    raise RuntimeError(f"the worker was still busy after {limit_s} s")
+
+
 def run_round(
     args, size: int, users, cookies, model, base_url: str, supervisor, clients: list[Any]
 ) -> dict[str, Any]:
@@ -526,6 +549,7 @@ def run_round(
     from tests.e2e.helpers import ChatClient
     from webui.chat.models import Conversation, Message
 
+    waited = wait_until_idle()
     results = []
     for i in range(size):
         user = users[i % len(users)]
@@ -584,6 +608,7 @@ def run_round(
         for m in answers.values()
     ]
     figures = summarize(args, results, answers, rows, subscriber, started, size, len(users))
+    figures["idle_wait_s"] = rounded(waited, 2)
     for client in clients:
         with contextlib.suppress(Exception):
             client.close()
@@ -625,6 +650,7 @@ def summarize(
     ttfts = [(r.first_delta_at - r.sent_at) * 1000 for r in results if r.first_delta_at]
     worker_rates = [a.tokens_per_second for a in answers.values() if a.tokens_per_second]
     return {
+        "admission": admission(list(answers.values())),
         "clients": size,
         "users": n_users,
         "max_tokens": args.tokens,
@@ -679,6 +705,29 @@ def summarize(
     }
 
 
+def admission(answers: list[Any]) -> dict[str, Any]:
+    """Where a round's first tokens wait, from the database: the sends reaching it (first
+    to last answer saved), each answer's wait for a worker's claim (started_at -
+    created_at, the database's clock), and the worker's own time to first token (from
+    the claim's start of generation: prompt building, prefill, the first step)."""
+    created = [a.created_at for a in answers]
+    claims = [(a.started_at - a.created_at).total_seconds() * 1000 for a in answers if a.started_at]
+    worker_ttfts = [a.time_to_first_token_ms for a in answers if a.time_to_first_token_ms]
+    return {
+        "sends_over_ms": rounded((max(created) - min(created)).total_seconds() * 1000)
+        if created
+        else None,
+        "claim_wait_ms": {
+            "p50": rounded(nearest_rank(claims, 0.5)),
+            "max": rounded(max(claims, default=0)),
+        },
+        "worker_ttft_ms": {
+            "p50": rounded(nearest_rank(worker_ttfts, 0.5)),
+            "max": rounded(max(worker_ttfts, default=0)),
+        },
+    }
+
+
 def report(figures: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(figures))
@@ -712,6 +761,13 @@ def report_round(f: dict[str, Any]) -> None:
         f"answers done: {f['answers_done']}/{f['clients']}  wall: {f['wall_s']} s  "
         f"tokens: {f['completion_tokens']}  aggregate: {f['aggregate_tok_s']} tok/s  "
         f"(worker-side median {f['worker_tok_s_median']} tok/s per answer)"
+    )
+    a = f["admission"]
+    print(
+        f"admission: sends reached the DB over {a['sends_over_ms']} ms; wait for a claim "
+        f"p50={a['claim_wait_ms']['p50']} max={a['claim_wait_ms']['max']} ms; worker's TTFT "
+        f"p50={a['worker_ttft_ms']['p50']} max={a['worker_ttft_ms']['max']} ms; "
+        f"idle wait before the round {f['idle_wait_s']} s"
     )
     print(
         f"stream: {f['deltas']} deltas, gaps={f['gaps']}, duplicates={f['duplicates']}, "
