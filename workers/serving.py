@@ -24,12 +24,14 @@ from webui.chat import queue, wakeups, warm_routing
 from webui.chat.models import Message
 from workers import generation, titles
 from workers.claims import claim_next, wake_follow_ups
+from workers.doorbell import Doorbell
 from workers.heartbeat import Heartbeat
 from workers.outages import DATABASE_DOWN
 
 logger = logging.getLogger("corral.serving")
 
-# How often a process with a free slot looks for a new answer to join its batch.
+# How often a process with a free slot looks for a new answer to join its batch, if no
+# doorbell (workers.doorbell) rang before.
 CLAIM_POLL_S = 0.1
 # How often a full process asks for another worker while answers wait.
 HELP_INTERVAL_S = 1.0
@@ -59,9 +61,11 @@ class Slots:
         self.key: Hashable | None = None
         self.limit = 1
         self.threads: dict[int, threading.Thread] = {}
-        self.freed = threading.Event()
+        # Set when a slot frees or an answer is queued (the doorbell): look at the queue.
+        self.changed = threading.Event()
         self.title: threading.Thread | None = None
         self.title_found = True
+        self.titles_left = generation.TITLES_PER_WAKE  # titles this wake-up may still write
         self.give_way = threading.Event()
 
     def running(self) -> int:
@@ -116,7 +120,7 @@ class Slots:
             logger.exception("answer %s: the worker thread failed", answer.pk)
         finally:
             connection.close()  # this thread's own database connection
-            self.freed.set()
+            self.changed.set()
 
     def title_running(self) -> bool:
         return self.title is not None and self.title.is_alive()
@@ -135,7 +139,7 @@ class Slots:
             self.title_found = False
         finally:
             connection.close()
-            self.freed.set()
+            self.changed.set()
 
 
 def serve(pool: str, worker: str) -> int:
@@ -144,8 +148,25 @@ def serve(pool: str, worker: str) -> int:
     answers ran. While the database is down, the answers running go on and claiming waits
     (up to ``CORRAL_DB_OUTAGE_S`` once nothing runs)."""
     slots = Slots(pool, worker)
+    with Doorbell(pool, slots.changed):
+        served = _claim_and_run(slots)
+    # An answer that became claimable as this loop ended, or titles beyond this wake-up's
+    # share: wake a worker for them. Not for follow-ups still waiting for the answer before
+    # them, or titles held back by those: the end of that answer wakes its pool
+    # (claims.wake_follow_ups), and waking now would only bounce between idle workers.
+    try:
+        claimable = any(not queue.waits_for_earlier_answer(m) for m in queue.queue_of(pool))
+        if claimable or (not slots.titles_left and titles.pending_in(pool)):
+            wakeups.wake(pool)
+    except DATABASE_DOWN:  # the reaper wakes the pool once the database is back
+        logger.warning("pool %s: the database is unreachable", pool, exc_info=True)
+    return served
+
+
+def _claim_and_run(slots: Slots) -> int:
+    """``serve``'s loop: the number of answers it started."""
+    pool, worker = slots.pool, slots.worker
     served = 0
-    titles_left = generation.TITLES_PER_WAKE
     next_call_for_help = 0.0
     down_since: float | None = None
     while True:
@@ -171,8 +192,8 @@ def serve(pool: str, worker: str) -> int:
             close_old_connections()
             if not running and time.monotonic() - down_since > config.DB_OUTAGE_S:
                 return served  # the reaper wakes the pool once the database is back
-            slots.freed.wait(DOWN_POLL_S)
-            slots.freed.clear()
+            slots.changed.wait(DOWN_POLL_S)
+            slots.changed.clear()
             continue
         if queued and running and time.monotonic() >= next_call_for_help:
             # Full, or the fairest answer needs another batch: another worker of the pool
@@ -181,20 +202,10 @@ def serve(pool: str, worker: str) -> int:
             wakeups.wake(pool, exclude=warm_routing.node_of(worker))
             next_call_for_help = time.monotonic() + HELP_INTERVAL_S
         if not running and not slots.title_running():
-            if not titles_left or not slots.title_found:
+            if not slots.titles_left or not slots.title_found:
                 break
-            titles_left -= 1
+            slots.titles_left -= 1
             slots.start_title()
-        slots.freed.wait(CLAIM_POLL_S)
-        slots.freed.clear()
-    # An answer that became claimable as this loop ended, or titles beyond this wake-up's
-    # share: wake a worker for them. Not for follow-ups still waiting for the answer before
-    # them, or titles held back by those: the end of that answer wakes its pool
-    # (claims.wake_follow_ups), and waking now would only bounce between idle workers.
-    try:
-        claimable = any(not queue.waits_for_earlier_answer(m) for m in queue.queue_of(pool))
-        if claimable or (not titles_left and titles.pending_in(pool)):
-            wakeups.wake(pool)
-    except DATABASE_DOWN:  # the reaper wakes the pool once the database is back
-        logger.warning("pool %s: the database is unreachable", pool, exc_info=True)
+        slots.changed.wait(CLAIM_POLL_S)
+        slots.changed.clear()
     return served

@@ -9,7 +9,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from webui.chat import conversations, stop_flags, streams
+from webui.chat import conversations, redis_client, stop_flags, streams
 from webui.chat.models import Conversation, Message, SharedLink, TitleStatus
 
 pytestmark = pytest.mark.django_db
@@ -264,7 +264,7 @@ def test_delete_asks_first_then_deletes_everything(client, alice):
 def test_delete_stops_answers_and_forgets_their_redis_keys(
     alice, gemma, django_capture_on_commit_callbacks
 ):
-    redis_client = streams._sync_redis()
+    client = redis_client.shared()
     conversation = make_conversation(alice, "Busy")
     question = conversation.messages.get(role="user")
     done = conversation.messages.get(role="assistant")
@@ -281,7 +281,7 @@ def test_delete_stops_answers_and_forgets_their_redis_keys(
         attempts=1,
     )
     for message_id, attempt in [(done.pk, 1), (done.pk, 2), (running.pk, 1)]:
-        redis_client.rpush(streams.replay_key(message_id, attempt), "{}")
+        client.rpush(streams.replay_key(message_id, attempt), "{}")
     stop_flags.request_stop(done.pk, 2)  # a leftover flag of an old attempt
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -290,7 +290,7 @@ def test_delete_stops_answers_and_forgets_their_redis_keys(
     assert not Conversation.objects.filter(pk=conversation.pk).exists()
     assert not Message.objects.filter(pk__in=[done.pk, queued.pk, running.pk]).exists()
     for message_id, attempt in [(done.pk, 1), (done.pk, 2), (running.pk, 1)]:
-        assert not redis_client.exists(streams.replay_key(message_id, attempt))
+        assert not client.exists(streams.replay_key(message_id, attempt))
     assert not stop_flags.stop_requested(done.pk, 2)
     # The running answer's worker is told to stop; it drops the attempt once it looks.
     assert stop_flags.stop_requested(running.pk, 1)

@@ -238,12 +238,12 @@ def test_regenerate_and_edit_make_versions_the_page_moves_between(
 
 
 def test_a_limit_hit_says_which_and_keeps_the_text_in_the_box(page, alice, gemma, web_server):
-    from webui.chat import services, wakeups
+    from webui.chat import redis_client, services
     from webui.chat.models import Message
 
     gemma.pool = "gpu"  # no worker consumes it here: answers stay queued
     gemma.save()
-    wakeups._redis().delete("corral:workers:gpu")  # and none is noted alive
+    redis_client.shared().delete("corral:workers:gpu")  # and none is noted alive
     conversation, _, _ = services.send_message(
         user=alice, conversation_id=None, text="one", model_id=gemma.pk
     )

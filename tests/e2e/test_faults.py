@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import _start, _stop, free_port, start_worker
 from tests.e2e.conftest import FAST_REAPER, POOL
 from tests.e2e.helpers import ChatClient
-from webui.chat import services, wakeups
+from webui.chat import redis_client, services, wakeups
 from webui.chat.models import Conversation, Message
 from webui.run import processes
 from workers import reaper
@@ -221,7 +221,7 @@ def test_a_worker_whose_clock_is_30_s_ahead_reaps_no_healthy_answer(
 
 def test_workers_note_themselves_alive_for_their_pool_and_stop_when_gone(gpu_workers):
 
-    wakeups._redis().delete(f"corral:workers:{POOL}")
+    redis_client.shared().delete(f"corral:workers:{POOL}")
     assert wakeups.has_live_worker(POOL) is False
     worker = gpu_workers("present")
     deadline = time.monotonic() + 10

@@ -17,7 +17,7 @@ from django.utils import timezone
 from inference import Finished, TextChunk, Usage
 from tests.chat.conftest import UNSERVED_POOL
 from webui import config
-from webui.chat import queue, services, stop_flags, streams, wakeups
+from webui.chat import queue, redis_client, services, stop_flags, streams, wakeups
 from webui.chat.models import Conversation, LanguageModel, Message
 from workers import claims, generation, reaper
 from workers.heartbeat import Heartbeat
@@ -314,7 +314,7 @@ def test_a_stale_llama_answer_keeps_all_it_delivered_for_the_next_attempt(alice,
 
     answer = running(queued(alice, gemma), heartbeat_age_s=config.HEARTBEAT_STALE_S + 5, attempts=1)
     checkpoint = answer.content
-    client = streams._sync_redis()
+    client = redis_client.shared()
     key = streams.replay_key(answer.pk, 1)
     client.delete(key)
     for seq, offset, text in (
@@ -716,7 +716,7 @@ def test_queue_places_are_coalesced_per_pool_across_processes(alice, bob, gemma,
 def test_wake_ups_do_not_pile_up_in_a_pool_without_workers(alice, gemma):
     """However often answers arrive or reapers look, one wake-up at most waits per pool."""
 
-    wakeups._redis().delete(UNSERVED_POOL)
+    redis_client.shared().delete(UNSERVED_POOL)
     with override_settings(CORRAL=limits(active=10)):
         for _ in range(5):
             services.send_message(user=alice, conversation_id=None, text="hi", model_id=gemma.pk)
@@ -727,7 +727,7 @@ def test_wake_ups_do_not_pile_up_in_a_pool_without_workers(alice, gemma):
 
 def test_a_pool_without_a_live_worker_says_so_instead_of_an_eta(alice, gemma):
 
-    wakeups._redis().delete(f"corral:workers:{UNSERVED_POOL}")
+    redis_client.shared().delete(f"corral:workers:{UNSERVED_POOL}")
     answer = queued(alice, gemma)
     assert queue.queue_positions(UNSERVED_POOL)[answer.pk]["worker"] is False
     assert [p["worker_alive"] for p in queue.pool_overview() if p["pool"] == UNSERVED_POOL] == [

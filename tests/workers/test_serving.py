@@ -14,8 +14,9 @@ from tests.ollama_server import OllamaTestServer
 from tests.workers.test_generation import ollama_model
 from tests.workers.test_jobs import limits
 from webui import config
-from webui.chat import services
+from webui.chat import redis_client, services, wakeups
 from webui.chat.models import Message
+from workers import serving
 from workers.serving import serve
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -88,6 +89,37 @@ def test_answers_that_cannot_share_a_process_take_turns(alice, gemma):
     second.refresh_from_db()
     assert first.status == second.status == Message.Status.DONE
     assert second.started_at >= first.finished_at
+
+
+def wait_for(condition, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_an_answer_sent_while_a_batch_runs_joins_it_at_once(alice, monkeypatch):
+    """The doorbell: with the loop's own look at the queue made rare (a minute), an answer
+    sent while another streams still joins the running batch at once, instead of waiting
+    for the next look or for the first answer to end."""
+    monkeypatch.setattr(serving, "CLAIM_POLL_S", 60)
+    monkeypatch.setattr(config, "AUTO_TITLE", False)
+    channel = wakeups.doorbell_channel(UNSERVED_POOL)
+    with OllamaTestServer(models={"slow:latest": "a b c d e f g h"}, token_delay=0.2) as server:
+        model = ollama_model("ollama/slow", "slow:latest", server.url)
+        (first,) = send(alice, model, 1)
+        runner = threading.Thread(target=serve, args=(UNSERVED_POOL, "test"))
+        runner.start()
+        try:
+            wait_for(lambda: Message.objects.get(pk=first.pk).status == Message.Status.RUNNING)
+            wait_for(lambda: redis_client.shared().pubsub_numsub(channel)[0][1] > 0)
+            (second,) = send(alice, model, 1)
+        finally:
+            runner.join(timeout=120)
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert first.status == second.status == Message.Status.DONE
+    assert second.started_at < first.finished_at
 
 
 def test_stop_in_a_full_batch_lands_within_a_second_and_frees_the_slot(alice, gemma, monkeypatch):

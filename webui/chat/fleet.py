@@ -15,7 +15,7 @@ from typing import Any, TypedDict, cast
 
 import redis
 
-from webui.chat.redis_client import background_redis
+from webui.chat.redis_client import shared as shared_redis
 
 logger = logging.getLogger("corral.fleet")
 
@@ -59,7 +59,7 @@ def _key(worker: str) -> str:
 
 def report(entry: WorkerReport) -> None:
     """Note ``entry`` as its worker's latest report (raises RedisError)."""
-    client = background_redis()
+    client = shared_redis()
     now = _now(client)
     with client.pipeline(transaction=False) as pipe:
         pipe.zadd(_INDEX, {entry["worker"]: now})
@@ -70,14 +70,14 @@ def report(entry: WorkerReport) -> None:
 
 def forget(worker: str) -> None:
     """A worker process that stops cleanly leaves the fleet at once."""
-    client = background_redis()
+    client = shared_redis()
     client.zrem(_INDEX, worker)
     client.delete(_key(worker))
 
 
 def fleet() -> list[FleetEntry]:
     """Every worker process that reported lately, live ones first, then by id."""
-    client = background_redis()
+    client = shared_redis()
     now = _now(client)
     # redis-py types its replies loosely: with scores, these are (member, score) pairs.
     seen = cast(

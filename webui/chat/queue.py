@@ -22,7 +22,7 @@ from webui import config
 from webui.chat import streams, wakeups
 from webui.chat.models import Message
 from webui.chat.pools import POOLS
-from webui.chat.redis_client import background_redis
+from webui.chat.redis_client import shared as shared_redis
 from webui.chat.streams import QueueEvent, QueuePlace
 
 logger = logging.getLogger("corral.queue")
@@ -164,7 +164,7 @@ def _round_held_elsewhere(pool: str) -> float:
     interval_ms = max(1, int(config.QUEUE_EVENT_INTERVAL_S * 1000))
     key = f"corral:queue-round:{pool}"
     try:
-        client = background_redis()
+        client = shared_redis()
         if client.set(key, os.getpid(), nx=True, px=interval_ms):
             return 0.0
         return max(int(client.pttl(key)), 1) / 1000

@@ -27,6 +27,8 @@ def async_client() -> aioredis.Redis:
 
 
 @cache
-def background_redis() -> redis.Redis:
-    """The client of this process's background threads (queue rounds, fleet reports)."""
+def shared() -> redis.Redis:
+    """This process's client for small commands (stop flags, wake-ups, replay buffers,
+    queue rounds, fleet reports): redis-py's client is thread-safe, with a pool of
+    connections, so one serves every thread."""
     return sync_client()

@@ -7,7 +7,6 @@ A Redis outage must not fail a healthy answer: the worker treats an unreadable f
 from __future__ import annotations
 
 import logging
-from functools import cache
 
 import redis
 
@@ -18,23 +17,18 @@ logger = logging.getLogger("corral.stop")
 _TTL_S = 3600
 
 
-@cache
-def _client() -> redis.Redis:
-    return redis_client.sync_client()
-
-
 def _key(message_id: int, attempt: int) -> str:
     # Scoped to the attempt: a flag never outlives the run it was meant for.
     return f"corral:stop:{message_id}:{attempt}"
 
 
 def request_stop(message_id: int, attempt: int) -> None:
-    _client().set(_key(message_id, attempt), 1, ex=_TTL_S)
+    redis_client.shared().set(_key(message_id, attempt), 1, ex=_TTL_S)
 
 
 def stop_requested(message_id: int, attempt: int) -> bool:
     try:
-        return bool(_client().exists(_key(message_id, attempt)))
+        return bool(redis_client.shared().exists(_key(message_id, attempt)))
     except redis.RedisError:
         logger.warning("cannot read the stop flag of answer %s", message_id, exc_info=True)
         return False
@@ -42,6 +36,6 @@ def stop_requested(message_id: int, attempt: int) -> bool:
 
 def clear(message_id: int, attempt: int) -> None:
     try:
-        _client().delete(_key(message_id, attempt))
+        redis_client.shared().delete(_key(message_id, attempt))
     except redis.RedisError:
         logger.warning("cannot clear the stop flag of answer %s", message_id, exc_info=True)

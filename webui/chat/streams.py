@@ -18,7 +18,6 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
-from functools import cache
 from typing import Any, Literal, TypedDict
 
 import redis
@@ -236,15 +235,10 @@ async def read_replay(message_id: int, attempt: int, after_seq: int) -> list[dic
     return [entry for entry in entries if entry["seq"] > after_seq]
 
 
-@cache
-def _sync_redis() -> redis.Redis:
-    return redis_client.sync_client()
-
-
 def reset_replay(message_id: int, attempt: int) -> None:
     """Start an attempt's replay buffer empty (ids repeat when a database is reset)."""
     try:
-        _sync_redis().delete(replay_key(message_id, attempt))
+        redis_client.shared().delete(replay_key(message_id, attempt))
     except redis.RedisError:
         logger.warning("could not reset the replay buffer of %s", message_id, exc_info=True)
 
@@ -254,7 +248,7 @@ def delivered_after(message_id: int, attempt: int, seq: int, offset: int) -> tup
     as far as its replay buffer holds it without a hole, and the seq it reaches. Clients
     may have shown it: a continued answer goes on from there, not from the checkpoint."""
     try:
-        raw = _sync_redis().lrange(replay_key(message_id, attempt), 0, -1)
+        raw = redis_client.shared().lrange(replay_key(message_id, attempt), 0, -1)
     except redis.RedisError:
         logger.warning("could not read the replay buffer of %s", message_id, exc_info=True)
         return "", seq
@@ -279,6 +273,7 @@ def delete_replays(pairs: list[tuple[int, int]]) -> None:
     if not pairs:
         return
     try:
-        _sync_redis().delete(*(replay_key(message_id, attempt) for message_id, attempt in pairs))
+        keys = [replay_key(message_id, attempt) for message_id, attempt in pairs]
+        redis_client.shared().delete(*keys)
     except redis.RedisError:
         logger.warning("could not delete %d replay buffers", len(pairs), exc_info=True)

@@ -10,7 +10,6 @@ waiting answers say so.
 from __future__ import annotations
 
 import logging
-from functools import cache
 
 import redis
 from django.db import transaction
@@ -22,11 +21,6 @@ from webui.chat.pools import queue_for_pool
 logger = logging.getLogger("corral.wakeups")
 
 
-@cache
-def _redis() -> redis.Redis:
-    return redis_client.sync_client()
-
-
 def _presence_key(pool: str) -> str:
     return f"corral:workers:{pool}"
 
@@ -34,20 +28,35 @@ def _presence_key(pool: str) -> str:
 def pending_wakeups(pool: str) -> int:
     """Wake-ups waiting in the pool's Celery queue (kombu's Redis transport keeps a queue
     as a list under its name)."""
-    return int(_redis().llen(pool))
+    return int(redis_client.shared().llen(pool))
+
+
+def doorbell_channel(pool: str) -> str:
+    """The pub/sub channel on which busy workers of ``pool`` hear of a queued answer."""
+    return f"corral:queued:{pool}"
+
+
+def ring(pool: str) -> None:
+    """Tell the workers of ``pool`` that are running answers (``workers.doorbell``) that
+    one was queued: one with room claims it now, not at its next look at the queue."""
+    redis_client.shared().publish(doorbell_channel(pool), 1)
 
 
 def wake(pool: str, exclude: str = "") -> None:
-    """Ask one worker of the pool to look at the queue, after commit, unless a wake-up
-    already waits there: the idle worker that has the next answer's model loaded when
-    there is one (``webui.chat.warm_routing``), else any. ``exclude``: a worker's node name
-    that must not be asked (a busy worker calling for help)."""
+    """Ask one worker of the pool to look at the queue, after commit: its busy workers at
+    once (``ring``), and through Celery, unless a wake-up already waits there, the idle
+    worker that has the next answer's model loaded when there is one
+    (``webui.chat.warm_routing``), else any. ``exclude``: a worker's node name that must
+    not be asked (a busy worker calling for help, which does not ring: it would only hear
+    itself)."""
     pool_queue = queue_for_pool(pool)
 
     def send() -> None:
         from webui.chat.warm_routing import wake_target
 
         try:
+            if not exclude:
+                ring(pool)
             try:
                 queue = wake_target(pool, pool_queue, exclude)
             except Exception:  # the fleet cannot be read: any worker will do
@@ -64,7 +73,7 @@ def wake(pool: str, exclude: str = "") -> None:
 
 def note_worker_alive(pool: str, worker: str, for_s: float) -> None:
     """A worker of ``pool`` is alive for the next ``for_s`` seconds (Redis's clock)."""
-    client = _redis()
+    client = redis_client.shared()
     now = float(client.time()[0])
     key = _presence_key(pool)
     with client.pipeline(transaction=False) as pipe:
@@ -75,12 +84,12 @@ def note_worker_alive(pool: str, worker: str, for_s: float) -> None:
 
 
 def forget_worker(pool: str, worker: str) -> None:
-    _redis().zrem(_presence_key(pool), worker)
+    redis_client.shared().zrem(_presence_key(pool), worker)
 
 
 def live_workers(pool: str) -> int:
     """How many workers of ``pool`` noted themselves alive lately (raises RedisError)."""
-    client = _redis()
+    client = redis_client.shared()
     now = float(client.time()[0])
     return int(client.zcount(_presence_key(pool), now, "+inf"))
 
