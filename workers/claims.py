@@ -9,7 +9,7 @@ Celery message can never lose an answer or make a second one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from django.db.models import F, Q
 from django.db.models.functions import Now
@@ -21,17 +21,28 @@ from webui.chat.models import Message
 def claim_next(
     pool: str, worker: str, fits: Callable[[Message], bool] | None = None
 ) -> Message | None:
-    """Take the fairest queued answer of the pool, or None when nothing waits.
+    """Take the fairest queued answer of the pool, or None when nothing waits (or the
+    fairest does not fit: ``claim_in_order``)."""
+    return next(claim_in_order(pool, worker, fits), None)
+
+
+def claim_in_order(
+    pool: str, worker: str, fits: Callable[[Message], bool] | None = None
+) -> Iterator[Message]:
+    """Take the pool's queued answers one after another in its fair order, read once, as
+    the caller asks for the next (a burst of sends is claimed in one pass, not a reading of
+    the whole queue per answer).
 
     A follow-up waits while the answer before it is still being written: its prompt must
     contain that answer. ``fits`` says whether the worker can run an answer beside those it
-    runs; when the fairest one does not fit, nothing is taken (it must not be overtaken
-    forever by answers that do)."""
+    runs (the caller starts each one it is given before asking for the next); at the first
+    that does not fit, nothing more is taken (it must not be overtaken forever by answers
+    that do)."""
     for candidate in queue.queue_of(pool):
         if queue.waits_for_earlier_answer(candidate):
             continue
         if fits is not None and not fits(candidate):
-            return None
+            return
         claimed = Message.objects.filter(pk=candidate.pk, status=Message.Status.QUEUED).update(
             status=Message.Status.RUNNING,
             # The database's clock, as for every heartbeat and the reaper: a worker host
@@ -45,8 +56,7 @@ def claim_next(
         if claimed:  # else another worker took it first: try the next one
             answer = Message.objects.select_related("model", "conversation").get(pk=candidate.pk)
             streams.reset_replay(answer.pk, answer.attempts)
-            return answer
-    return None
+            yield answer
 
 
 def still_ours(answer: Message) -> Q:

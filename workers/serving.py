@@ -23,7 +23,7 @@ from webui import config
 from webui.chat import queue, wakeups, warm_routing
 from webui.chat.models import Message
 from workers import generation, titles
-from workers.claims import claim_next, wake_follow_ups
+from workers.claims import claim_in_order, wake_follow_ups
 from workers.doorbell import Doorbell
 from workers.heartbeat import Heartbeat
 from workers.outages import DATABASE_DOWN
@@ -172,17 +172,19 @@ def _claim_and_run(slots: Slots) -> int:
     while True:
         running = slots.running()
         try:
-            if running:  # polling beside running answers: a cheap look first
-                queued = queue.anything_queued(pool)
-                has_room = queued and slots.has_room()
-                answer = claim_next(pool, worker, fits=slots.fits) if has_room else None
-            else:  # on a wake-up, the answer's first token waits for this claim
-                answer = claim_next(pool, worker, fits=slots.fits)
-                queued = answer is not None
-            if answer is not None:
-                slots.give_way.set()  # a title being written stops for it
-                slots.start(answer)
-                served += 1
+            # Beside running answers, a cheap look first; on a wake-up, the answer's first
+            # token waits for this claim.
+            queued = queue.anything_queued(pool) if running else True
+            started = False
+            if queued and slots.has_room():
+                for answer in claim_in_order(pool, worker, fits=slots.fits):
+                    slots.give_way.set()  # a title being written stops for it
+                    slots.start(answer)
+                    served += 1
+                    started = True
+                    if not slots.has_room():
+                        break
+            if started:
                 continue
             down_since = None
         except DATABASE_DOWN:

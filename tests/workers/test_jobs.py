@@ -141,6 +141,31 @@ def test_claim_next_takes_answers_in_fair_order_and_marks_them_running(alice, bo
     assert [m.pk for m in queue.queue_of(UNSERVED_POOL)] == [alices[1].pk, alices[2].pk]
 
 
+def test_a_burst_is_claimed_in_one_pass_in_fair_order_up_to_the_first_that_does_not_fit(
+    alice, bob, gemma
+):
+    """The worker's loop claims what waits from one reading of the queue: the answers it
+    is given are the fair order's, and at the first one its batch cannot take, it stops
+    (that one must not be overtaken), leaving the rest queued."""
+    base = timezone.now() - timedelta(minutes=10)
+    alices = [queued(alice, gemma, base + timedelta(seconds=i)) for i in range(3)]
+    bobs = [queued(bob, gemma, base + timedelta(seconds=10 + i)) for i in range(2)]
+    order = [m.pk for m in queue.queue_of(UNSERVED_POOL)]
+    assert order == [alices[0].pk, bobs[0].pk, alices[1].pk, bobs[1].pk, alices[2].pk]
+    looked_at = []
+
+    def fits(answer: Message) -> bool:  # a batch with room for three
+        looked_at.append(answer.pk)
+        return len(looked_at) <= 3
+
+    claimed = [m.pk for m in claims.claim_in_order(UNSERVED_POOL, worker="w", fits=fits)]
+
+    assert claimed == order[:3]
+    assert looked_at == order[:4]  # stopped at the fourth, and never looked past it
+    rows = {m.pk: m.status for m in Message.objects.filter(pk__in=order)}
+    assert [rows[pk] for pk in order] == [Message.Status.RUNNING] * 3 + [Message.Status.QUEUED] * 2
+
+
 def test_claim_next_with_nothing_queued_returns_none_and_skips_other_pools(alice, gemma, cpu_model):
     other = queued(alice, cpu_model)
     assert claims.claim_next(UNSERVED_POOL, worker="w") is None
