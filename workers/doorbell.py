@@ -31,8 +31,8 @@ class Doorbell:
     def __init__(self, pool: str, event: threading.Event) -> None:
         self.pool = pool
         self.event = event
-        self.subscribed = threading.Event()  # for tests: a ring from now on is heard
         self._stop = threading.Event()
+        self._failing = False  # a Redis error was logged and no subscription worked since
         self._thread = threading.Thread(target=self._run, name="corral-doorbell", daemon=True)
 
     def __enter__(self) -> Doorbell:
@@ -51,18 +51,18 @@ class Doorbell:
             except redis.RedisError:
                 if self._stop.is_set():
                     return  # ended meanwhile (Redis may be stopping with the process)
-                logger.warning("pool %s: cannot hear queued answers", self.pool, exc_info=True)
+                if not self._failing:  # once per outage: the loop's own looks go on
+                    logger.warning("pool %s: cannot hear queued answers", self.pool, exc_info=True)
+                self._failing = True
                 self._stop.wait(RETRY_S)
 
     def _listen(self) -> None:
         pubsub = redis_client.shared().pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         try:
             pubsub.subscribe(wakeups.doorbell_channel(self.pool))
+            self._failing = False
             while not self._stop.is_set():
-                # The subscription is confirmed by the first read (and then skipped).
-                message = pubsub.get_message(timeout=LISTEN_S)
-                self.subscribed.set()
-                if message is not None:
+                if pubsub.get_message(timeout=LISTEN_S) is not None:
                     self.event.set()
         finally:
             pubsub.close()

@@ -184,15 +184,16 @@ def _claim_and_run(slots: Slots) -> int:
                     started = True
                     if not slots.has_room():
                         break
+            down_since = None
             if started:
                 continue
-            down_since = None
         except DATABASE_DOWN:
             if down_since is None:
                 logger.warning("pool %s: the database is unreachable", pool, exc_info=True)
                 down_since = time.monotonic()
             close_old_connections()
-            if not running and time.monotonic() - down_since > config.DB_OUTAGE_S:
+            # Read again: this pass may have started answers before the error.
+            if not slots.running() and time.monotonic() - down_since > config.DB_OUTAGE_S:
                 return served  # the reaper wakes the pool once the database is back
             slots.changed.wait(DOWN_POLL_S)
             slots.changed.clear()

@@ -2,8 +2,8 @@
 
 A title is a low-priority job on the model's own pool: a worker takes it only when no
 answer waits in that pool, and gives it up (to run again later) as soon as one arrives,
-so it never delays anyone's answer, and it never makes a worker give up a loaded model
-for it (``_writable_here``). A title the person wrote is never overwritten.
+so it never delays anyone's answer, and for a while it does not make a worker give up a
+loaded model either (``_writable_here``). A title the person wrote is never overwritten.
 """
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ INSTRUCTION = (
 OPTIONS = SamplingOptions(temperature=0.2, max_tokens=20, repeat_penalty=1.1)
 ANSWER_WAITING_POLL_S = 0.2
 LOST_AFTER = timedelta(minutes=2)
+# How long a title whose model is not loaded waits for a worker that has it (or room for
+# it), counted from its conversation's last change; then any worker writes it.
+WAIT_FOR_LOADED_MODEL = timedelta(minutes=10)
 
 
 def request_title(answer: Message) -> bool:
@@ -67,17 +70,19 @@ def _answer_waiting(pool: str) -> bool:
 
 def _writable_here(pool: str) -> QuerySet[Conversation]:
     """The pool's conversations waiting for a title that this process may write. A title
-    never makes it give up a loaded model (the next answer for that one would wait seconds
-    to load it again): when it holds as many as it may, only titles of models it has
-    loaded (or that load nothing: Ollama's) are its to write; the rest wait for a worker
-    that has their model loaded or room for it."""
+    does not make it give up a loaded model (the next answer for that one would wait
+    seconds to load it again): when it holds as many as it may, titles of models it has
+    not loaded wait for a worker that has theirs loaded or room for it, for
+    ``WAIT_FOR_LOADED_MODEL`` at most; then any worker writes them."""
     pending = Conversation.objects.filter(
         title_status=TitleStatus.PENDING, model__pool=pool, model__enabled=True
     )
     loaded = loaded_models()
     if len(loaded) >= config.MAX_LOADED_MODELS:
         pending = pending.exclude(
-            Q(model__backend=Backend.LLAMA_CPP) & ~Q(model__target__in=loaded)
+            Q(model__backend=Backend.LLAMA_CPP)
+            & ~Q(model__target__in=loaded)
+            & Q(updated_at__gt=Now() - WAIT_FOR_LOADED_MODEL)  # the database's clock
         )
     return pending
 

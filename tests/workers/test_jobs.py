@@ -142,7 +142,7 @@ def test_claim_next_takes_answers_in_fair_order_and_marks_them_running(alice, bo
 
 
 def test_a_burst_is_claimed_in_one_pass_in_fair_order_up_to_the_first_that_does_not_fit(
-    alice, bob, gemma
+    alice, bob, gemma, monkeypatch
 ):
     """The worker's loop claims what waits from one reading of the queue: the answers it
     is given are the fair order's, and at the first one its batch cannot take, it stops
@@ -153,13 +153,21 @@ def test_a_burst_is_claimed_in_one_pass_in_fair_order_up_to_the_first_that_does_
     order = [m.pk for m in queue.queue_of(UNSERVED_POOL)]
     assert order == [alices[0].pk, bobs[0].pk, alices[1].pk, bobs[1].pk, alices[2].pk]
     looked_at = []
+    readings = []
+
+    def queue_of(pool: str) -> list[Message]:
+        readings.append(pool)
+        return reading(pool)
 
     def fits(answer: Message) -> bool:  # a batch with room for three
         looked_at.append(answer.pk)
         return len(looked_at) <= 3
 
+    reading = queue.queue_of
+    monkeypatch.setattr(queue, "queue_of", queue_of)
     claimed = [m.pk for m in claims.claim_in_order(UNSERVED_POOL, worker="w", fits=fits)]
 
+    assert readings == [UNSERVED_POOL]  # the queue was read once for the whole pass
     assert claimed == order[:3]
     assert looked_at == order[:4]  # stopped at the fourth, and never looked past it
     rows = {m.pk: m.status for m in Message.objects.filter(pk__in=order)}

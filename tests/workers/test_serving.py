@@ -105,14 +105,20 @@ def test_an_answer_sent_while_a_batch_runs_joins_it_at_once(alice, monkeypatch):
     monkeypatch.setattr(serving, "CLAIM_POLL_S", 60)
     monkeypatch.setattr(config, "AUTO_TITLE", False)
     channel = wakeups.doorbell_channel(UNSERVED_POOL)
-    with OllamaTestServer(models={"slow:latest": "a b c d e f g h"}, token_delay=0.2) as server:
+
+    def listening() -> int:
+        return int(redis_client.shared().pubsub_numsub(channel)[0][1])
+
+    words = " ".join(f"w{i}" for i in range(20))  # 4 s of streaming
+    with OllamaTestServer(models={"slow:latest": words}, token_delay=0.2) as server:
         model = ollama_model("ollama/slow", "slow:latest", server.url)
         (first,) = send(alice, model, 1)
+        wait_for(lambda: listening() == 0)  # an earlier test's doorbell has stopped
         runner = threading.Thread(target=serve, args=(UNSERVED_POOL, "test"))
         runner.start()
         try:
             wait_for(lambda: Message.objects.get(pk=first.pk).status == Message.Status.RUNNING)
-            wait_for(lambda: redis_client.shared().pubsub_numsub(channel)[0][1] > 0)
+            wait_for(lambda: listening() > 0)  # this loop's doorbell hears from now on
             (second,) = send(alice, model, 1)
         finally:
             runner.join(timeout=120)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from inference import get_backend, loaded_models
 from tests.chat.conftest import UNSERVED_POOL
@@ -192,3 +194,19 @@ def test_a_title_never_makes_a_full_worker_give_up_a_loaded_model(alice, tmp_pat
     monkeypatch.setattr(config, "MAX_LOADED_MODELS", len(loaded_models()) + 1)  # room now
     assert titles.run_next_title(UNSERVED_POOL).pk == waiting[other.pk].pk
     assert Conversation.objects.get(pk=waiting[other.pk].pk).title_status == TitleStatus.AUTO
+
+
+def test_a_title_waits_for_a_warm_worker_ten_minutes_at_most(alice, tmp_path, monkeypatch):
+    """Past ``WAIT_FOR_LOADED_MODEL`` a full worker writes a title of a model it has not
+    loaded after all: with no worker keeping that model, it would wait for good."""
+    model = LanguageModel.objects.create(
+        name="not-loaded", backend="llama_cpp", target=str(tmp_path / "x.gguf"), pool=UNSERVED_POOL
+    )
+    conversation = Conversation.objects.create(
+        owner=alice, model=model, title="hello", title_status=TitleStatus.PENDING
+    )
+    monkeypatch.setattr(config, "MAX_LOADED_MODELS", len(loaded_models()))
+    assert not titles._writable_here(UNSERVED_POOL).exists()
+    waited = titles.WAIT_FOR_LOADED_MODEL + timedelta(minutes=1)
+    Conversation.objects.filter(pk=conversation.pk).update(updated_at=timezone.now() - waited)
+    assert list(titles._writable_here(UNSERVED_POOL)) == [conversation]

@@ -43,25 +43,30 @@ def ring(pool: str) -> None:
 
 
 def wake(pool: str, exclude: str = "") -> None:
-    """Ask one worker of the pool to look at the queue, after commit: its busy workers at
-    once (``ring``), and through Celery, unless a wake-up already waits there, the idle
-    worker that has the next answer's model loaded when there is one
-    (``webui.chat.warm_routing``), else any. ``exclude``: a worker's node name that must
-    not be asked (a busy worker calling for help, which does not ring: it would only hear
-    itself)."""
+    """Ask one worker of the pool to look at the queue, after commit, unless a wake-up
+    already waits there: the idle worker that has the next answer's model loaded when
+    there is one (``webui.chat.warm_routing``); else any, and the pool's busy workers hear
+    of it at once (``ring``: one with room in its batch takes it). ``exclude``: a worker's
+    node name that must not be asked (a busy worker calling for help, which does not ring:
+    it would only hear itself)."""
     pool_queue = queue_for_pool(pool)
 
     def send() -> None:
         from webui.chat.warm_routing import wake_target
 
         try:
-            if not exclude:
-                ring(pool)
+            queue = wake_target(pool, pool_queue, exclude)
+        except Exception:  # the fleet cannot be read: any worker will do
+            logger.warning("could not pick a warm %s worker", pool, exc_info=True)
+            queue = pool_queue
+        # An idle worker with the model loaded gives the answer the whole machine: only
+        # without one is a busy worker's batch the place for it.
+        if queue == pool_queue and not exclude:
             try:
-                queue = wake_target(pool, pool_queue, exclude)
-            except Exception:  # the fleet cannot be read: any worker will do
-                logger.warning("could not pick a warm %s worker", pool, exc_info=True)
-                queue = pool_queue
+                ring(pool)
+            except redis.RedisError:  # its next look at the queue finds the answer
+                logger.warning("could not ring the %s doorbell", pool, exc_info=True)
+        try:
             if pending_wakeups(queue) > 0:
                 return
             app.send_task(WAKE_TASK, args=[pool], queue=queue)
