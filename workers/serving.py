@@ -170,6 +170,8 @@ def _claim_and_run(slots: Slots) -> int:
     next_call_for_help = 0.0
     down_since: float | None = None
     while True:
+        # Cleared before the queue is read: what rings or ends from now on is seen.
+        slots.changed.clear()
         running = slots.running()
         try:
             # Beside running answers, a cheap look first; on a wake-up, the answer's first
@@ -182,7 +184,9 @@ def _claim_and_run(slots: Slots) -> int:
                     slots.start(answer)
                     served += 1
                     started = True
-                    if not slots.has_room():
+                    # Full; or an answer was sent (it may come first in the fair order)
+                    # or one ended since the queue was read: read it again.
+                    if not slots.has_room() or slots.changed.is_set():
                         break
             down_since = None
             if started:
@@ -196,7 +200,6 @@ def _claim_and_run(slots: Slots) -> int:
             if not slots.running() and time.monotonic() - down_since > config.DB_OUTAGE_S:
                 return served  # the reaper wakes the pool once the database is back
             slots.changed.wait(DOWN_POLL_S)
-            slots.changed.clear()
             continue
         if queued and running and time.monotonic() >= next_call_for_help:
             # Full, or the fairest answer needs another batch: another worker of the pool
@@ -210,5 +213,4 @@ def _claim_and_run(slots: Slots) -> int:
             slots.titles_left -= 1
             slots.start_title()
         slots.changed.wait(CLAIM_POLL_S)
-        slots.changed.clear()
     return served
