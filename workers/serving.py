@@ -155,8 +155,7 @@ def serve(pool: str, worker: str) -> int:
     # them, or titles held back by those: the end of that answer wakes its pool
     # (claims.wake_follow_ups), and waking now would only bounce between idle workers.
     try:
-        claimable = any(not queue.waits_for_earlier_answer(m) for m in queue.queue_of(pool))
-        if claimable or (not slots.titles_left and titles.pending_in(pool)):
+        if queue.claimable_in(pool).exists() or (not slots.titles_left and titles.pending_in(pool)):
             wakeups.wake(pool)
     except DATABASE_DOWN:  # the reaper wakes the pool once the database is back
         logger.warning("pool %s: the database is unreachable", pool, exc_info=True)

@@ -28,7 +28,7 @@ from inference import (
     loaded_models,
 )
 from webui import config
-from webui.chat import selectors, streams
+from webui.chat import queue, selectors, streams
 from webui.chat.models import Backend, Conversation, Message, TitleStatus
 from workers.generation import model_spec
 
@@ -64,10 +64,6 @@ def pending_in(pool: str) -> bool:
     return Conversation.objects.filter(title_status=TitleStatus.PENDING, model__pool=pool).exists()
 
 
-def _answer_waiting(pool: str) -> bool:
-    return Message.objects.filter(status=Message.Status.QUEUED, model__pool=pool).exists()
-
-
 def _writable_here(pool: str) -> QuerySet[Conversation]:
     """The pool's conversations waiting for a title that this process may write. A title
     does not make it give up a loaded model (the next answer for that one would wait
@@ -88,7 +84,7 @@ def _writable_here(pool: str) -> QuerySet[Conversation]:
 
 
 def _claim(pool: str) -> Conversation | None:
-    if _answer_waiting(pool):
+    if queue.anything_queued(pool):
         return None
     for conversation in _writable_here(pool).order_by("updated_at")[:5]:
         claimed = Conversation.objects.filter(
@@ -171,7 +167,7 @@ def _generate(conversation: Conversation, pool: str, give_way: threading.Event) 
             if give_way.is_set():
                 return None
             if time.monotonic() >= next_check:
-                if _answer_waiting(pool):
+                if queue.anything_queued(pool):
                     return None
                 next_check = time.monotonic() + ANSWER_WAITING_POLL_S
             text += getattr(item, "text", "")
