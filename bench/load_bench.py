@@ -89,6 +89,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=48, help="max_tokens of every answer")
     parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0: default)")
+    parser.add_argument(
+        "--web-processes", type=int, default=0, help="uvicorn processes (0: CORRAL_WEB_PROCESSES)"
+    )
     parser.add_argument("--timeout", type=float, default=600, help="deadline of the load phase")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument(
@@ -474,7 +477,10 @@ def main() -> None:
         port = free_port()
         with output_to(stack_log):
             worker = supervisor.start("worker", processes.worker_argv(["cpu"], 1, "load@%h"))
-            web = supervisor.start("web", processes.web_argv("127.0.0.1", port))
+            web_processes = args.web_processes or config.WEB_PROCESSES
+            web = supervisor.start(
+                "web", processes.web_argv("127.0.0.1", port, processes=web_processes)
+            )
         processes.wait_for_port(
             "127.0.0.1", port, alive={"worker": worker.process, "web": web.process}
         )
@@ -503,6 +509,7 @@ def main() -> None:
             r["n_threads"] = args.threads or config.N_THREADS
             r["batch_size"] = args.batch_size or config.BATCH_SIZE
             r["n_gpu_layers"] = args.n_gpu_layers
+            r["web_processes"] = web_processes
         ok = True
     except KeyboardInterrupt:
         log("interrupted")
@@ -526,6 +533,26 @@ def main() -> None:
         else:
             log(f"failed: the worker and web output is in {stack_log}")
     report(figures, args.json)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its descendants (Linux /proc; 0 elsewhere)."""
+    total, todo = 0.0, [pid]
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def stack_cpu(supervisor) -> dict[str, float]:
+    return {c.name: cpu_seconds(c.process.pid) for c in supervisor.children}
 
 
 def wait_until_idle(limit_s: float = 120) -> float:
@@ -586,10 +613,12 @@ def run_round(
     for thread in threads:
         thread.start()
     log(f"{size} clients of {len(users)} users sending now…")
+    cpu_before = stack_cpu(supervisor)
     barrier.wait()
     started = time.perf_counter()
     for thread in threads:
         thread.join(max(0.0, deadline - time.perf_counter()) + 10)
+    cpu_after = stack_cpu(supervisor)
     time.sleep(0.2)  # the subscriber saw each delta before the client: nothing pending
     subscriber.stopping.set()
     subscriber.join(10)
@@ -612,6 +641,12 @@ def run_round(
     ]
     figures = summarize(args, results, answers, rows, subscriber, started, size, len(users))
     figures["idle_wait_s"] = rounded(waited, 2)
+    # What each process spent per answer, whatever else ran on the machine: on a machine
+    # with more cores the same work takes less of the round.
+    figures["cpu_ms_per_answer"] = {
+        name: rounded((cpu_after[name] - cpu_before.get(name, 0.0)) * 1000 / size)
+        for name in cpu_after
+    }
     for client in clients:
         with contextlib.suppress(Exception):
             client.close()
@@ -758,7 +793,7 @@ def report_round(f: dict[str, Any]) -> None:
     print(
         f"{f['clients']} clients, {f['users']} users, max_tokens={f['max_tokens']}, "
         f"1 cpu worker (one process, batch size {f['batch_size']}, "
-        f"n_threads={f['n_threads']}), 1 uvicorn"
+        f"n_threads={f['n_threads']}), uvicorn with {f['web_processes']} process(es)"
     )
     print(
         f"answers done: {f['answers_done']}/{f['clients']}  wall: {f['wall_s']} s  "
@@ -772,6 +807,8 @@ def report_round(f: dict[str, Any]) -> None:
         f"p50={a['worker_ttft_ms']['p50']} max={a['worker_ttft_ms']['max']} ms; "
         f"idle wait before the round {f['idle_wait_s']} s"
     )
+    cpu = ", ".join(f"{name} {ms}" for name, ms in f["cpu_ms_per_answer"].items())
+    print(f"CPU ms per answer: {cpu}")
     print(
         f"stream: {f['deltas']} deltas, gaps={f['gaps']}, duplicates={f['duplicates']}, "
         f"text != DB: {f['text_mismatches']} {f['mismatched_ids'] or ''}"

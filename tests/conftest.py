@@ -177,10 +177,10 @@ class WebServer:
     process: subprocess.Popen[bytes]
 
 
-def start_web_server(env: dict[str, str], log: Path) -> WebServer:
+def start_web_server(env: dict[str, str], log: Path, web_processes: int = 1) -> WebServer:
     """A real ASGI server (uvicorn) on a free port; stop it with ``_stop(server.process)``."""
     port = free_port()
-    process = _start(processes.web_argv("127.0.0.1", port), env, log)
+    process = _start(processes.web_argv("127.0.0.1", port, processes=web_processes), env, log)
     try:
         processes.wait_for_port("127.0.0.1", port, alive={"web": process})
     except Exception:

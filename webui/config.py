@@ -82,6 +82,11 @@ MAX_IMPORT_BYTES: int = env.int("CORRAL_MAX_IMPORT_BYTES", 2 * 1024 * 1024)
 # Largest websocket message the server reads (uvicorn --ws-max-size): a longest message
 # in 4-byte UTF-8 plus room for the JSON around it; bigger frames close the socket (1009).
 WS_MAX_BYTES: int = env.int("CORRAL_WS_MAX_BYTES", MAX_MESSAGE_CHARS * 4 + 64 * 1024)
+# uvicorn processes behind the web port. One process saves a burst of sends one after
+# another (Django's database work runs on one thread there); several save them side by
+# side. Channels' groups live in Redis, so any process serves any socket. Default: a
+# quarter of the cores, 1 to 4 (the rest is for the workers).
+WEB_PROCESSES: int = env.int("CORRAL_WEB_PROCESSES", max(1, min(4, (os.cpu_count() or 1) // 4)))
 # How often the worker sends deltas to the browser, and saves partial text to the database.
 FLUSH_INTERVAL_S: float = env.float("CORRAL_FLUSH_INTERVAL_MS", 50) / 1000
 # At most this many deltas a second from one worker process, shared by its answers: with 8

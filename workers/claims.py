@@ -41,9 +41,12 @@ def claim_in_order(
     for candidate in queue.queue_of(pool):
         if queue.waits_for_earlier_answer(candidate):
             continue
-        if fits is not None and not fits(candidate):
+        answer = _load(candidate.pk)
+        if answer is None or answer.status != Message.Status.QUEUED:
+            continue  # another worker took it (or it was stopped) since the reading
+        if fits is not None and not fits(answer):
             return
-        claimed = Message.objects.filter(pk=candidate.pk, status=Message.Status.QUEUED).update(
+        claimed = Message.objects.filter(pk=answer.pk, status=Message.Status.QUEUED).update(
             status=Message.Status.RUNNING,
             # The database's clock, as for every heartbeat and the reaper: a worker host
             # whose clock is off changes nothing.
@@ -53,10 +56,13 @@ def claim_in_order(
             attempts=F("attempts") + 1,
             version=F("version") + 1,
         )
-        if claimed:  # else another worker took it first: try the next one
-            answer = Message.objects.select_related("model", "conversation").get(pk=candidate.pk)
+        if claimed and (answer := _load(answer.pk)) is not None:  # else taken first: next
             streams.reset_replay(answer.pk, answer.attempts)
             yield answer
+
+
+def _load(pk: int) -> Message | None:
+    return Message.objects.select_related("model", "conversation").filter(pk=pk).first()
 
 
 def still_ours(answer: Message) -> Q:

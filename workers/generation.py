@@ -229,7 +229,7 @@ def run_next(pool: str, worker: str) -> Message | None:
         return answer
     finally:
         # Follow-ups that waited for this answer can run now, or titles: wake a worker.
-        if queue.queue_of(pool) or titles.pending_in(pool):
+        if queue.anything_queued(pool) or titles.pending_in(pool):
             wakeups.wake(pool)
 
 

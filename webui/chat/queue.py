@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +21,7 @@ from django.db.models import Avg, Max, QuerySet
 
 from webui import config
 from webui.chat import streams, wakeups
-from webui.chat.models import Message
+from webui.chat.models import LanguageModel, Message
 from webui.chat.pools import POOLS
 from webui.chat.redis_client import shared as shared_redis
 from webui.chat.streams import QueueEvent, QueuePlace
@@ -40,12 +41,47 @@ def _queued(pool: str) -> QuerySet[Message]:
     ).order_by()
 
 
-def _queued_in(pool: str) -> list[Message]:
-    return list(
+@dataclass(frozen=True)
+class Waiting:
+    """A queued answer as the queue sees it: what its order, claims and routing read.
+    (Not a whole ``Message``: a worker reads the queue again for every message sent
+    during a burst, and building each row's message, conversation, model and parents
+    cost more than the query.)"""
+
+    pk: int
+    conversation_id: int
+    owner_id: int
+    created_at: datetime
+    model: LanguageModel | None
+    # The status of the answer before this one's question in its conversation, if any.
+    earlier_status: str | None
+
+
+def _queued_in(pool: str) -> list[Waiting]:
+    rows = list(
         _queued(pool)
-        .select_related("conversation", "model", "parent__parent")
         .order_by("created_at", "pk")
+        .values_list(
+            "pk",
+            "conversation_id",
+            "conversation__owner_id",
+            "created_at",
+            "model_id",
+            "parent__parent__status",
+        )
     )
+    models = LanguageModel.objects.in_bulk({row[4] for row in rows}) if rows else {}
+    return [
+        Waiting(
+            pk=pk,
+            conversation_id=conversation_id,
+            owner_id=owner_id,
+            created_at=created_at,
+            model=models.get(model_id),
+            earlier_status=earlier_status,
+        )
+        for pk, conversation_id, owner_id, created_at, model_id, earlier_status in rows
+    ]
 
 
 def claimable_in(pool: str) -> QuerySet[Message]:
@@ -54,13 +90,13 @@ def claimable_in(pool: str) -> QuerySet[Message]:
     return _queued(pool).exclude(parent__parent__status__in=Message.ACTIVE)
 
 
-def fair_order(queued: list[Message], last_start: dict[int, datetime]) -> list[Message]:
+def fair_order(queued: list[Waiting], last_start: dict[int, datetime]) -> list[Waiting]:
     """Round-robin across users: everyone's first waiting job, then everyone's second…;
     within a round, the user who was served longest ago goes first."""
     nth: dict[int, int] = defaultdict(int)
     keyed = []
     for message in queued:  # oldest first
-        owner = message.conversation.owner_id
+        owner = message.owner_id
         served = last_start.get(owner)
         keyed.append(
             (
@@ -83,12 +119,12 @@ def anything_queued(pool: str) -> bool:
     return _queued(pool).exists()
 
 
-def queue_of(pool: str) -> list[Message]:
+def queue_of(pool: str) -> list[Waiting]:
     """The pool's queued answers in the order workers will take them."""
     queued = _queued_in(pool)
     if len(queued) < 2:
         return queued  # nothing to order (the common case at idle: one query, not two)
-    owners = {m.conversation.owner_id for m in queued}
+    owners = {m.owner_id for m in queued}
     rows = (
         Message.objects.filter(
             conversation__owner_id__in=owners, model__pool=pool, started_at__isnull=False
@@ -99,13 +135,10 @@ def queue_of(pool: str) -> list[Message]:
     return fair_order(queued, {row["conversation__owner_id"]: row["last"] for row in rows})
 
 
-def waits_for_earlier_answer(answer: Message) -> bool:
+def waits_for_earlier_answer(answer: Waiting) -> bool:
     """True while the answer before ``answer``'s question is queued or running: its
-    prompt must contain that answer. (``answer`` comes from ``queue_of``, which loaded its
-    parent and grandparent.)"""
-    question = answer.parent
-    earlier = question.parent if question is not None else None
-    return earlier is not None and earlier.status in Message.ACTIVE
+    prompt must contain that answer."""
+    return answer.earlier_status in Message.ACTIVE
 
 
 def expected_answer_seconds(pool: str) -> float | None:
@@ -121,7 +154,7 @@ def expected_answer_seconds(pool: str) -> float | None:
     return float(stats["tokens"] / stats["rate"])
 
 
-def _places(pool: str) -> list[tuple[Message, QueuePlace]]:
+def _places(pool: str) -> list[tuple[Waiting, QueuePlace]]:
     order = queue_of(pool)
     if not order:
         return []
@@ -275,4 +308,5 @@ def _places_with_owner(pool: str) -> list[tuple[Message, QueuePlace]]:
             "conversation__owner", "model"
         )
     }
-    return [(owners[m.pk], place) for m, place in places]
+    # An answer claimed between the two readings has left the queue.
+    return [(owners[m.pk], place) for m, place in places if m.pk in owners]

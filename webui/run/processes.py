@@ -124,7 +124,7 @@ def worker_argv(
 QUIET_WARNINGS = "ignore:You're running the worker with superuser privileges"
 
 
-def web_argv(host: str, port: int, quiet: bool = False) -> list[str]:
+def web_argv(host: str, port: int, quiet: bool = False, processes: int = 1) -> list[str]:
     """uvicorn serving the ASGI app; ``quiet``: warnings only."""
     return [
         sys.executable,
@@ -141,6 +141,7 @@ def web_argv(host: str, port: int, quiet: bool = False) -> list[str]:
         # would read 16 MiB per message.
         "--ws-max-size",
         str(config.WS_MAX_BYTES),
+        *(["--workers", str(processes)] if processes > 1 else []),
     ]
 
 

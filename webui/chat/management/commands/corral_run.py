@@ -75,7 +75,10 @@ class Command(BaseCommand):
                 "model-jobs",
                 processes.worker_argv([config.MODEL_JOB_QUEUE], 1, quiet=quiet),
             )
-            web = supervisor.start("web", processes.web_argv(config.HOST, config.PORT, quiet))
+            web = supervisor.start(
+                "web",
+                processes.web_argv(config.HOST, config.PORT, quiet, config.WEB_PROCESSES),
+            )
             processes.wait_for_port(config.HOST, config.PORT, alive={"web": web.process})
             wait_for_workers(supervisor, config.WORKER_QUEUES)
             base_url = f"http://{config.HOST}:{config.PORT}"
