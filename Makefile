@@ -39,6 +39,7 @@ bench: install
 	$(PY) bench/load_bench.py --raw $(LOAD_ARGS)
 	$(PY) bench/load_bench.py --rounds 1,8 --users 8 --tokens 128 --raw
 	$(PY) bench/engine_bench.py --model data/models/gemma-3-270m-q4_k_m.gguf --batches 1,8 --join 1500
+	$(PY) bench/send_bench.py --rounds 8,32 --users 8 --repeats 5
 
 lint: install
 	$(VENV)/bin/ruff check .

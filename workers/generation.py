@@ -160,7 +160,10 @@ class AnswerStream:
         """Append a chunk; return True when the caller should flush now."""
         if self.first_token is None:
             self.first_token = time.monotonic()
-        self.text += chunk
+        # PostgreSQL's text columns refuse NUL, which a model can write (a byte-level
+        # vocabulary, an Ollama chunk's "\u0000"): dropped here, it is neither streamed
+        # nor saved, so the streamed text stays the saved text.
+        self.text += chunk.replace("\x00", "")
         self.chunks += 1
         LIVE_STREAMS.streamed()
         # The first token goes out at once (time to first token); later ones are batched.

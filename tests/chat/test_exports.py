@@ -226,6 +226,21 @@ def test_import_page_is_reachable_and_needs_a_file(client, alice):
     assert client.post(reverse("conversations:import")).status_code == 400
 
 
+def test_nul_characters_in_an_import_are_dropped(client, alice):
+    """PostgreSQL's text columns refuse NUL: the file is imported without them."""
+    client.force_login(alice)
+    raw = {
+        "title": "Ti\u0000de",
+        "system_prompt": "Be\u0000 brief.",
+        "messages": [{**VALID_MESSAGE, "content": "Hel\u0000lo"}],
+    }
+    response = upload(client, json.dumps(raw))
+    assert response.status_code == 302
+    imported = Conversation.objects.get(owner=alice)
+    assert (imported.title, imported.system_prompt) == ("Tide", "Be brief.")
+    assert imported.messages.get().content == "Hello"
+
+
 def test_imported_text_is_escaped(client, alice):
     client.force_login(alice)
     raw = {"title": "<b>x</b>", "messages": [{**VALID_MESSAGE, "content": "<script>1</script>"}]}

@@ -54,11 +54,25 @@ def test_unknown_pool_is_refused():
         queue_for_pool("tpu")
 
 
-@pytest.mark.parametrize("text", ["", "   \n\t"])
+@pytest.mark.parametrize("text", ["", "   \n\t", "\x00"])
 def test_empty_message_is_refused_and_nothing_saved(alice, gemma, text):
     with pytest.raises(ValidationError, match="Type a message"):
         services.send_message(user=alice, conversation_id=None, text=text, model_id=gemma.pk)
     assert not Message.objects.exists() and not Conversation.objects.exists()
+
+
+def test_nul_characters_are_dropped_from_a_message_and_its_edit(alice, gemma):
+    """PostgreSQL's text columns refuse NUL: the message is saved without it, not lost."""
+    conversation, question, _ = services.send_message(
+        user=alice, conversation_id=None, text="rivers\x00 and seas", model_id=gemma.pk
+    )
+    Message.objects.filter(conversation=conversation, role="assistant").update(status="done")
+    edited = services.edit_message(
+        user=alice, message_id=question.pk, text="lakes\x00", model_id=gemma.pk
+    )
+    texts = {m.pk: m.content for m in Message.objects.filter(role="user")}
+    assert texts[question.pk] == "rivers and seas"
+    assert texts[edited.parent_id] == "lakes"
 
 
 @override_settings(CORRAL={"MAX_MESSAGE_CHARS": 100})

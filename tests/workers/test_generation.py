@@ -146,6 +146,24 @@ def test_ollama_model_streams_through_the_same_path(alice):
     assert answer.completion_tokens and answer.completion_tokens > 0
 
 
+def test_nul_written_by_a_model_is_neither_streamed_nor_saved(alice):
+    """PostgreSQL's text columns refuse NUL, which a model can write ("\\u0000" in an
+    Ollama chunk): the answer ends done, and what streamed is what was saved."""
+    with OllamaTestServer(models={"nul:latest": "Hello\x00 from\x00 Ollama."}) as server:
+        model = ollama_model("ollama/nul", "nul:latest", server.url)
+        _, _, answer = services.send_message(
+            user=alice, conversation_id=None, text="hi", model_id=model.pk
+        )
+        events = collect_group_events(
+            answer.conversation_id, lambda: run_next(UNSERVED_POOL, worker="test")
+        )
+    answer.refresh_from_db()
+    assert answer.status == Message.Status.DONE, answer.error
+    assert answer.content == "Hello from Ollama."
+    streamed = "".join(e["text"] for e in events if e["type"] == "message.delta")
+    assert streamed == answer.content
+
+
 def test_unknown_ollama_model_and_unreachable_server_fail_with_clear_reasons(alice):
     with OllamaTestServer(models={"tiny:latest": "x"}) as server:
         missing = ollama_model("ollama/missing", "missing:7b", server.url)

@@ -131,6 +131,8 @@ def test_a_title_the_person_chose_is_never_overwritten(alice, gemma):
         ("\n\n  Ocean   tides  explained  ", "Ocean tides explained"),
         ("x" * 200, "x" * titles.TITLE_CHARS),
         ("", ""),
+        # A byte-level vocabulary can write NUL, which PostgreSQL's text columns refuse.
+        ("Tides\x00 on Earth", "Tides on Earth"),
     ],
 )
 def test_titles_are_cleaned_to_one_short_line(raw, clean):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -18,7 +18,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from inference import SamplingOptions
@@ -33,6 +33,9 @@ MAX_IMPORT_MESSAGES = 5000
 # Answers are not bound by the limit on what people type; allow them twice as much.
 ANSWER_CHARS_FACTOR = 2
 TITLE_CHARS = 60  # a title made from the first question, as for a new chat
+
+# Text as it can be saved: PostgreSQL's text columns refuse NUL characters.
+Text = Annotated[str, AfterValidator(lambda value: value.replace("\x00", ""))]
 
 
 class ImportRejected(ValueError):
@@ -128,11 +131,11 @@ class ImportedMessage(BaseModel):
     id: int
     parent_id: int | None = None
     role: Literal["user", "assistant", "system"]
-    content: str
+    content: Text
     # Accepted for round trips; every imported message is saved as done.
     status: Literal["queued", "running", "done", "failed", "stopped"] = "done"
     created_at: datetime | None = None
-    model: str | None = Field(default=None, max_length=200)
+    model: Text | None = Field(default=None, max_length=200)
 
     @model_validator(mode="after")
     def _content_fits(self) -> ImportedMessage:
@@ -152,11 +155,11 @@ class ImportedConversation(BaseModel):
 
     format: Literal["corral.conversation"] = FORMAT
     version: Literal[1] = VERSION
-    title: str = Field(default="", max_length=200)
-    system_prompt: str = ""
+    title: Text = Field(default="", max_length=200)
+    system_prompt: Text = ""
     parameters: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime | None = None
-    model: str | None = Field(default=None, max_length=200)
+    model: Text | None = Field(default=None, max_length=200)
     current_leaf: int | None = None
     messages: list[ImportedMessage] = Field(min_length=1, max_length=MAX_IMPORT_MESSAGES)
 

@@ -308,5 +308,5 @@ def _places_with_owner(pool: str) -> list[tuple[Message, QueuePlace]]:
             "conversation__owner", "model"
         )
     }
-    # An answer claimed between the two readings has left the queue.
+    # An answer deleted between the two readings (with its conversation) is left out.
     return [(owners[m.pk], place) for m, place in places if m.pk in owners]

@@ -22,6 +22,9 @@ TITLE_CHARS = 60
 
 
 def _validate_text(text: str) -> str:
+    """The text to save: NUL characters dropped (PostgreSQL's text columns refuse them,
+    and nobody types one), or a ValidationError saying what is wrong."""
+    text = text.replace("\x00", "")
     if not text or not text.strip():
         raise ValidationError("Type a message before sending.", code="empty")
     limit = settings.CORRAL["MAX_MESSAGE_CHARS"]
@@ -77,7 +80,7 @@ def send_message(
     caller can give the text back. Once saved, every later failure ends up in the answer.
     """
     _check_may_chat(user)
-    _validate_text(text)
+    text = _validate_text(text)
     model = _pick_model(user, model_id)
     with transaction.atomic():
         _admit(user, model)
@@ -153,7 +156,7 @@ def edit_message(
     old = selectors.get_message_for(user, message_id)
     if old is None or old.role != Message.Role.USER:
         raise Message.DoesNotExist
-    _validate_text(text)
+    text = _validate_text(text)
     model = _pick_model(user, model_id)
     with transaction.atomic():
         _admit(user, model)
