@@ -116,6 +116,26 @@ def test_the_user_served_least_recently_goes_first(alice, bob, carol, gemma):
     assert order[:3] == [bobs.pk, carols.pk, alices[0].pk]
 
 
+def test_someone_not_among_the_pools_latest_starts_counts_as_served_longest_ago(
+    alice, bob, carol, gemma, monkeypatch
+):
+    """Who was served last is read from the pool's latest starts only, so a queue reading
+    does not grow with the history; someone served before all of them was served longest
+    ago, like someone never served."""
+    monkeypatch.setattr(queue, "LATEST_STARTS", 2)
+    now = timezone.now()
+    served(carol, gemma, started_at=now - timedelta(hours=2))  # before the latest two
+    served(alice, gemma, started_at=now - timedelta(minutes=2))
+    served(alice, gemma, started_at=now - timedelta(minutes=1))
+    base = now - timedelta(minutes=10)
+    carols = queued(carol, gemma, base)
+    bobs = queued(bob, gemma, base + timedelta(seconds=1))  # never served
+    alices = queued(alice, gemma, base + timedelta(seconds=2))
+
+    # Carol and Bob alike, so in the order they sent; Alice, served a minute ago, last.
+    assert [m.pk for m in queue.queue_of(UNSERVED_POOL)] == [carols.pk, bobs.pk, alices.pk]
+
+
 def test_claim_next_takes_answers_in_fair_order_and_marks_them_running(alice, bob, gemma):
     now = timezone.now()
     served(alice, gemma, started_at=now - timedelta(seconds=30))

@@ -143,7 +143,11 @@ class Message(models.Model):
 
     class Meta:
         ordering = ["created_at", "pk"]
-        indexes = [models.Index(fields=["status"])]
+        indexes = [
+            models.Index(fields=["status"]),
+            # The fair order reads the latest starts (webui.chat.queue.queue_of).
+            models.Index(fields=["started_at"]),
+        ]
 
     def __str__(self) -> str:
         return f"{self.role} {self.pk} ({self.status})"

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 from django.db import connection
-from django.db.models import Avg, Max, QuerySet
+from django.db.models import Avg, QuerySet
 
 from webui import config
 from webui.chat import streams, wakeups
@@ -32,6 +32,8 @@ logger = logging.getLogger("corral.queue")
 # sent is usually claimed within milliseconds, and computing places meanwhile would only
 # compete with that claim and the answer's first token for the CPU.
 SETTLE_S = 0.1
+# How many of a pool's latest starts the fair order looks at to know who was served last.
+LATEST_STARTS = 200
 
 
 def _queued(pool: str) -> QuerySet[Message]:
@@ -125,14 +127,20 @@ def queue_of(pool: str) -> list[Waiting]:
     if len(queued) < 2:
         return queued  # nothing to order (the common case at idle: one query, not two)
     owners = {m.owner_id for m in queued}
-    rows = (
-        Message.objects.filter(
-            conversation__owner_id__in=owners, model__pool=pool, started_at__isnull=False
-        )
-        .values("conversation__owner_id")
-        .annotate(last=Max("started_at"))
+    # When each of them was last served, from the pool's latest starts only (an index
+    # walk): the latest start of everyone they ever had grows with the history (8 people
+    # with 2,000 answers each: 10 ms a reading, and a worker reads the queue once per
+    # message sent during a burst). Someone not among them was served longest ago.
+    latest = (
+        Message.objects.filter(model__pool=pool, started_at__isnull=False)
+        .order_by("-started_at")
+        .values_list("conversation__owner_id", "started_at")[:LATEST_STARTS]
     )
-    return fair_order(queued, {row["conversation__owner_id"]: row["last"] for row in rows})
+    last_start: dict[int, datetime] = {}
+    for owner, started_at in latest:
+        if owner in owners and started_at is not None:
+            last_start.setdefault(owner, started_at)
+    return fair_order(queued, last_start)
 
 
 def waits_for_earlier_answer(answer: Waiting) -> bool:
