@@ -29,7 +29,7 @@ from inference import (
 from webui import config
 from webui.chat import queue, selectors, stop_flags, streams, wakeups
 from webui.chat.endings import end_answer
-from webui.chat.models import LanguageModel, Message
+from webui.chat.models import LanguageModel, Message, storable_text
 from webui.library import ollama_routing
 from workers.claims import claim_next, still_ours, wake_follow_ups
 from workers.heartbeat import Heartbeat
@@ -160,10 +160,8 @@ class AnswerStream:
         """Append a chunk; return True when the caller should flush now."""
         if self.first_token is None:
             self.first_token = time.monotonic()
-        # PostgreSQL's text columns refuse NUL, which a model can write (a byte-level
-        # vocabulary, an Ollama chunk's "\u0000"): dropped here, it is neither streamed
-        # nor saved, so the streamed text stays the saved text.
-        self.text += chunk.replace("\x00", "")
+        # Made storable here, so what streams is what is saved.
+        self.text += storable_text(chunk)
         self.chunks += 1
         LIVE_STREAMS.streamed()
         # The first token goes out at once (time to first token); later ones are batched.

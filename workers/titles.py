@@ -29,7 +29,7 @@ from inference import (
 )
 from webui import config
 from webui.chat import queue, selectors, streams
-from webui.chat.models import Backend, Conversation, Message, TitleStatus
+from webui.chat.models import Backend, Conversation, Message, TitleStatus, storable_text
 from workers.generation import model_spec
 
 logger = logging.getLogger("corral.titles")
@@ -115,8 +115,7 @@ def title_request(conversation: Conversation) -> GenerationRequest:
 def title_from_model_text(text: str) -> str:
     """The first line of what the model wrote, without markdown, quotes or a label."""
     line = next((part for part in text.strip().splitlines() if part.strip()), "")
-    # NUL too: PostgreSQL's text columns refuse it (a byte-level vocabulary can write one).
-    line = re.sub(r"[*_`#\x00]", "", line).strip()
+    line = re.sub(r"[*_`#]", "", storable_text(line)).strip()
     line = re.sub(r"^(-\s+|title\s*:\s*)", "", line, flags=re.IGNORECASE)
     line = line.strip().strip("\"'“”‘’").strip().rstrip(".:;,")
     line = " ".join(line.split())

@@ -25,7 +25,7 @@ from inference import SamplingOptions
 from webui import config
 from webui.chat import selectors
 from webui.chat.conversation_settings import validate_parameters
-from webui.chat.models import Conversation, Message, TitleStatus
+from webui.chat.models import Conversation, Message, TitleStatus, storable_text
 
 FORMAT = "corral.conversation"
 VERSION = 1
@@ -34,8 +34,8 @@ MAX_IMPORT_MESSAGES = 5000
 ANSWER_CHARS_FACTOR = 2
 TITLE_CHARS = 60  # a title made from the first question, as for a new chat
 
-# Text as it can be saved: PostgreSQL's text columns refuse NUL characters.
-Text = Annotated[str, AfterValidator(lambda value: value.replace("\x00", ""))]
+# Text as it can be saved (``storable_text``).
+Text = Annotated[str, AfterValidator(storable_text)]
 
 
 class ImportRejected(ValueError):

@@ -5,6 +5,12 @@ from django.contrib.auth.models import Group
 from django.db import models
 
 
+def storable_text(text: str) -> str:
+    """``text`` as a text column can hold it: PostgreSQL's refuse NUL characters (a model
+    with a byte-level vocabulary can write one, a JSON string can hold one)."""
+    return text.replace("\x00", "")
+
+
 class Pool(models.TextChoices):
     GPU = "gpu", "GPU"
     CPU = "cpu", "CPU"

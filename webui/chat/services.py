@@ -14,7 +14,7 @@ from webui.accounts import quotas
 from webui.accounts.selectors import can_chat
 from webui.chat import answer_records, queue, selectors, stop_flags, streams, wakeups
 from webui.chat.endings import end_answer, end_queued
-from webui.chat.models import Conversation, LanguageModel, Message
+from webui.chat.models import Conversation, LanguageModel, Message, storable_text
 
 logger = logging.getLogger("corral.chat")
 
@@ -24,7 +24,7 @@ TITLE_CHARS = 60
 def _validate_text(text: str) -> str:
     """The text to save: NUL characters dropped (PostgreSQL's text columns refuse them,
     and nobody types one), or a ValidationError saying what is wrong."""
-    text = text.replace("\x00", "")
+    text = storable_text(text)
     if not text or not text.strip():
         raise ValidationError("Type a message before sending.", code="empty")
     limit = settings.CORRAL["MAX_MESSAGE_CHARS"]
