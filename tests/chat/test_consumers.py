@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import pytest
 from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import Client
 
 from webui.asgi import application
-from webui.chat import services
+from webui.chat import services, streams
 from webui.chat.models import Message
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -182,3 +185,41 @@ def test_stop_of_another_users_answer_is_refused(alice, bob, gemma):
 
     assert async_to_sync(scenario)()["message"] == "No such answer."
     assert Message.objects.get(pk=answer.pk).status == Message.Status.QUEUED
+
+
+def test_a_delta_reaches_the_socket_while_the_database_thread_is_busy(alice, gemma):
+    """A burst of sends queues work on the process's one database thread; a delta needs
+    no database, so it must not wait behind that work (it used to: Channels closes stale
+    connections on that thread before every event)."""
+    conversation, _, answer = services.send_message(
+        user=alice, conversation_id=None, text="hi", model_id=gemma.pk
+    )
+    comm = communicator(f"/ws/conversations/{conversation.pk}/", ORIGIN, session_cookie(alice))
+    delta = streams.Delta(
+        conversation_id=conversation.pk,
+        message_id=answer.pk,
+        attempt=1,
+        seq=1,
+        offset=0,
+        text="Hello",
+    )
+
+    async def scenario() -> dict:
+        connected, _ = await comm.connect(timeout=5)
+        assert connected
+        while (await comm.receive_json_from(timeout=5))["type"] != "snapshot":
+            pass
+        # The database thread is busy for 4 s, as behind a long queue of sends.
+        busy = asyncio.ensure_future(database_sync_to_async(time.sleep)(4))
+        await asyncio.sleep(0.2)
+        await asyncio.get_running_loop().run_in_executor(None, streams.publish_delta, delta)
+        try:
+            while (event := await comm.receive_json_from(timeout=2))["type"] != "delta":
+                pass
+        finally:
+            await busy
+            await comm.disconnect()
+        return event
+
+    event = async_to_sync(scenario)()
+    assert event["message"] == answer.pk and event["text"] == "Hello"
