@@ -247,6 +247,11 @@ class Subscriber(threading.Thread):
         channel = await layer.new_channel()
         for conversation_id in self.conversation_ids:
             await layer.group_add(streams.group_name(conversation_id), channel)
+        # The pub/sub layer's reader may sleep a moment after its first subscription:
+        # ready once a message to ourselves came back, or a round's first deltas look late.
+        await layer.send(channel, {"type": "bench.probe"})
+        while (await asyncio.wait_for(layer.receive(channel), 5)).get("type") != "bench.probe":
+            pass
         pump = asyncio.create_task(self._pump(layer, channel))
         self.ready.set()
         while not self.stopping.is_set() and not pump.done():
@@ -255,7 +260,7 @@ class Subscriber(threading.Thread):
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await pump
         with contextlib.suppress(Exception):
-            await layer.close_pools()
+            await layer.flush()
 
     async def _pump(self, layer, channel: str) -> None:
         while True:

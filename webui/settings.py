@@ -127,15 +127,16 @@ STORAGES = {
 }
 WHITENOISE_USE_FINDERS = True  # serve from static/ directly; collectstatic is optional
 
+# Redis pub/sub: a group send is one PUBLISH and Redis pushes it to each web process,
+# where the list-based layer took four round trips to send and four more to receive each
+# event (a burst of 32 answers: the round a third shorter, the stack's CPU per answer a
+# quarter to a third lower; docs/benchmarks.md). An event reaches the processes
+# subscribed at that moment or none: events are hints and clients resync from the
+# database (docs/architecture.md).
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {
-            "hosts": [config.redis_url()],
-            # Deltas are hints; a client that misses one resyncs from the database.
-            "capacity": 500,
-            "expiry": 30,
-        },
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {"hosts": [config.redis_url()]},
     }
 }
 

@@ -202,7 +202,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         ):
             await self._change_branch(user, content)
         elif isinstance(content, client_messages.Sync):
-            # Re-join first: a restarted Redis forgot the group, and joining is idempotent.
+            # Re-join first (idempotent): the layer may have lost its subscriptions.
             await self.channel_layer.group_add(self.group, self.channel_name)
             await self.channel_layer.group_add(self.user_group, self.channel_name)
             await self.send_snapshot()
