@@ -26,11 +26,13 @@ RETRY_S = 1.0
 
 
 class Doorbell:
-    """Sets ``event`` whenever an answer is queued in ``pool``, while in a ``with``."""
+    """Sets ``event`` whenever an answer is queued in ``pool`` for any worker or for the
+    one on ``node``, while in a ``with``."""
 
-    def __init__(self, pool: str, event: threading.Event) -> None:
+    def __init__(self, pool: str, event: threading.Event, node: str = "") -> None:
         self.pool = pool
         self.event = event
+        self.node = node.encode()
         self._stop = threading.Event()
         self._failing = False  # a Redis error was logged and no subscription worked since
         self._thread = threading.Thread(target=self._run, name="corral-doorbell", daemon=True)
@@ -62,7 +64,10 @@ class Doorbell:
             pubsub.subscribe(wakeups.doorbell_channel(self.pool))
             self._failing = False
             while not self._stop.is_set():
-                if pubsub.get_message(timeout=LISTEN_S) is not None:
+                message = pubsub.get_message(timeout=LISTEN_S)
+                # A ring naming another worker is for that one: an idle worker with the
+                # answer's model loaded, which warm routing woke.
+                if message is not None and message["data"] in (b"", self.node):
                     self.event.set()
         finally:
             pubsub.close()

@@ -148,7 +148,7 @@ def serve(pool: str, worker: str) -> int:
     answers ran. While the database is down, the answers running go on and claiming waits
     (up to ``CORRAL_DB_OUTAGE_S`` once nothing runs)."""
     slots = Slots(pool, worker)
-    with Doorbell(pool, slots.changed):
+    with Doorbell(pool, slots.changed, node=warm_routing.node_of(worker)):
         served = _claim_and_run(slots)
     # An answer that became claimable as this loop ended, or titles beyond this wake-up's
     # share: wake a worker for them. Not for follow-ups still waiting for the answer before

@@ -14,7 +14,7 @@ from tests.ollama_server import OllamaTestServer
 from tests.workers.test_generation import ollama_model
 from tests.workers.test_jobs import limits
 from webui import config
-from webui.chat import redis_client, services, wakeups
+from webui.chat import fleet, redis_client, services, wakeups, warm_routing
 from webui.chat.models import Message
 from workers import serving
 from workers.serving import serve
@@ -122,6 +122,59 @@ def test_an_answer_sent_while_a_batch_runs_joins_it_at_once(alice, monkeypatch):
             (second,) = send(alice, model, 1)
         finally:
             runner.join(timeout=120)
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert first.status == second.status == Message.Status.DONE
+    assert second.started_at < first.finished_at
+
+
+def test_a_worker_the_fleet_shows_idle_takes_a_sent_answer_into_its_running_batch(
+    alice, gemma, monkeypatch
+):
+    """Fleet reports are seconds old, so during a burst warm routing wakes the worker the
+    fleet still shows idle with the model loaded, though it already runs a batch. The
+    doorbell names that worker: it takes the answer into its batch at once, not at its
+    next look at the queue (made rare here: a minute) or when its batch ends."""
+    monkeypatch.setattr(serving, "CLAIM_POLL_S", 60)
+    monkeypatch.setattr(config, "AUTO_TITLE", False)
+    gemma.parameters = {**gemma.parameters, "max_tokens": 256}
+    gemma.save()
+    channel = wakeups.doorbell_channel(UNSERVED_POOL)
+    worker = "warm-node:1"
+    direct = warm_routing.direct_queue(warm_routing.node_of(worker))
+
+    def listening() -> int:
+        return int(redis_client.shared().pubsub_numsub(channel)[0][1])
+
+    fleet.report(
+        {
+            "worker": worker,
+            "host": "warm-node",
+            "pid": 1,
+            "pools": [UNSERVED_POOL],
+            "models": [gemma.target],
+            "answers": 0,
+            "tokens_per_second": 0.0,
+            "gpus": [],
+            "interval_s": 60,
+        }
+    )
+    try:
+        (first,) = send(alice, gemma, 1)
+        wait_for(lambda: listening() == 0)  # an earlier test's doorbell has stopped
+        runner = threading.Thread(target=serve, args=(UNSERVED_POOL, worker))
+        runner.start()
+        try:
+            wait_for(lambda: Message.objects.get(pk=first.pk).status == Message.Status.RUNNING)
+            wait_for(lambda: listening() > 0)
+            (second,) = send(alice, gemma, 1)
+            # The wake-up went to the worker's own queue: the fleet shows it idle.
+            assert wakeups.pending_wakeups(direct) == 1
+        finally:
+            runner.join(timeout=120)
+    finally:
+        fleet.forget(worker)
+        redis_client.shared().delete(direct)
     first.refresh_from_db()
     second.refresh_from_db()
     assert first.status == second.status == Message.Status.DONE

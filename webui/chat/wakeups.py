@@ -36,10 +36,11 @@ def doorbell_channel(pool: str) -> str:
     return f"corral:queued:{pool}"
 
 
-def ring(pool: str) -> None:
+def ring(pool: str, node: str = "") -> None:
     """Tell the workers of ``pool`` that are running answers (``workers.doorbell``) that
-    one was queued: one with room claims it now, not at its next look at the queue."""
-    redis_client.shared().publish(doorbell_channel(pool), 1)
+    one was queued: one with room claims it now, not at its next look at the queue.
+    ``node``: only that worker (the one its wake-up went to) should take it."""
+    redis_client.shared().publish(doorbell_channel(pool), node)
 
 
 def wake(pool: str, exclude: str = "") -> None:
@@ -52,7 +53,7 @@ def wake(pool: str, exclude: str = "") -> None:
     pool_queue = queue_for_pool(pool)
 
     def send() -> None:
-        from webui.chat.warm_routing import wake_target
+        from webui.chat.warm_routing import node_of_queue, wake_target
 
         try:
             queue = wake_target(pool, pool_queue, exclude)
@@ -60,10 +61,12 @@ def wake(pool: str, exclude: str = "") -> None:
             logger.warning("could not pick a warm %s worker", pool, exc_info=True)
             queue = pool_queue
         # An idle worker with the model loaded gives the answer the whole machine: only
-        # without one is a busy worker's batch the place for it.
-        if queue == pool_queue and not exclude:
+        # without one is a busy worker's batch the place for it. Fleet reports are seconds
+        # old, so the "idle" one may be running a batch already (a burst of sends): the
+        # ring names it, and it takes the answer into its batch at once.
+        if not exclude:
             try:
-                ring(pool)
+                ring(pool, "" if queue == pool_queue else node_of_queue(queue))
             except redis.RedisError:  # its next look at the queue finds the answer
                 logger.warning("could not ring the %s doorbell", pool, exc_info=True)
         try:

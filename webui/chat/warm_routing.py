@@ -21,6 +21,11 @@ def direct_queue(node: str) -> str:
     return f"{node}.dq"
 
 
+def node_of_queue(queue: str) -> str:
+    """The node name of a ``direct_queue``."""
+    return queue.removesuffix(".dq")
+
+
 def node_of(worker: str) -> str:
     """A worker id is "<node name>:<pid>" (answers and Fleet reports name it so)."""
     return worker.rsplit(":", 1)[0]
