@@ -22,6 +22,9 @@ os.environ.setdefault("MODELS_DIR", str(REPO / "data" / "models"))
 os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production-0123456789abcdef")
 # Fast flushes make streaming visible in short answers.
 os.environ.setdefault("CORRAL_FLUSH_INTERVAL_MS", "50")
+# The stack's workers go back to Celery at once, as tests expect of them; the linger has
+# its own tests.
+os.environ.setdefault("CORRAL_WORKER_LINGER_S", "0")
 
 if not os.environ.get("REDIS_URL"):
     _socket = _data_dir / "redis.sock"

@@ -114,6 +114,11 @@ DB_OUTAGE_S: float = env.float("CORRAL_DB_OUTAGE_S", 120)
 # Queue places go out per pool at most this often, however many changes happen.
 QUEUE_EVENT_INTERVAL_S: float = env.float("CORRAL_QUEUE_EVENT_INTERVAL_S", 0.5)
 
+# How long a worker process that ran answers keeps listening for the next one (its pool's
+# doorbell) before it goes back to waiting on Celery: an answer sent meanwhile starts
+# without Celery's hand-over to the process. 0: go back at once.
+WORKER_LINGER_S: float = env.float("CORRAL_WORKER_LINGER_S", 5)
+
 WORKER_QUEUES: list[str] = env.list("CORRAL_WORKER_QUEUES", ["cpu"])
 WORKER_CONCURRENCY: int = env.int("CORRAL_WORKER_CONCURRENCY", 1)
 N_THREADS: int = env.int("CORRAL_N_THREADS", os.cpu_count() or 2)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 
 from django.db import close_old_connections, connection
 
@@ -142,14 +142,23 @@ class Slots:
             self.changed.set()
 
 
-def serve(pool: str, worker: str) -> int:
+def linger_for(pool: str, consumed: Iterable[str]) -> float:
+    """How long ``serve`` listens for more after its answers: ``CORRAL_WORKER_LINGER_S``,
+    unless the process also consumes another queue (another pool, model jobs), whose
+    wake-ups must not wait behind it."""
+    others = [q for q in consumed if q != pool and not warm_routing.is_direct_queue(q)]
+    return 0.0 if others else config.WORKER_LINGER_S
+
+
+def serve(pool: str, worker: str, linger_s: float = 0.0) -> int:
     """Claim and run ``pool``'s answers until none is running and none can be claimed,
-    writing waiting titles (the low-priority work) when no answer runs; return how many
-    answers ran. While the database is down, the answers running go on and claiming waits
-    (up to ``CORRAL_DB_OUTAGE_S`` once nothing runs)."""
+    writing waiting titles (the low-priority work) when no answer runs; then, if answers
+    ran, listen ``linger_s`` more for the next one (the doorbell). Return how many answers
+    ran. While the database is down, the answers running go on and claiming waits (up to
+    ``CORRAL_DB_OUTAGE_S`` once nothing runs)."""
     slots = Slots(pool, worker)
     with Doorbell(pool, slots.changed, node=warm_routing.node_of(worker)):
-        served = _claim_and_run(slots)
+        served = _claim_and_run(slots, linger_s)
     # An answer that became claimable as this loop ended, or titles beyond this wake-up's
     # share: wake a worker for them. Not for follow-ups still waiting for the answer before
     # them, or titles held back by those: the end of that answer wakes its pool
@@ -162,12 +171,13 @@ def serve(pool: str, worker: str) -> int:
     return served
 
 
-def _claim_and_run(slots: Slots) -> int:
+def _claim_and_run(slots: Slots, linger_s: float) -> int:
     """``serve``'s loop: the number of answers it started."""
     pool, worker = slots.pool, slots.worker
     served = 0
     next_call_for_help = 0.0
     down_since: float | None = None
+    linger_until: float | None = None  # set while nothing runs, after answers ran
     while True:
         # Cleared before the queue is read: what rings or ends from now on is seen.
         slots.changed.clear()
@@ -206,10 +216,19 @@ def _claim_and_run(slots: Slots) -> int:
             # second.
             wakeups.wake(pool, exclude=warm_routing.node_of(worker))
             next_call_for_help = time.monotonic() + HELP_INTERVAL_S
-        if not running and not slots.title_running():
-            if not slots.titles_left or not slots.title_found:
-                break
+        if running or slots.title_running():
+            linger_until = None
+        elif slots.titles_left and slots.title_found:
             slots.titles_left -= 1
             slots.start_title()
+        else:
+            # Nothing to do. After answers, listen a while: the doorbell wakes the loop.
+            if linger_until is None:
+                linger_until = time.monotonic() + (linger_s if served else 0)
+            left = linger_until - time.monotonic()
+            if left <= 0:
+                break
+            slots.changed.wait(left)
+            continue
         slots.changed.wait(CLAIM_POLL_S)
     return served

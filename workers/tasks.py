@@ -12,10 +12,11 @@ from webui.celery import MODEL_JOB_TASK, WAKE_TASK, app
 def run_next_answer(pool: str) -> None:
     """A wake-up for one worker of ``pool``: run queued answers, several at once, until
     none waits."""
-    from workers.serving import serve
+    from workers.serving import linger_for, serve
 
     worker = f"{run_next_answer.request.hostname or socket.gethostname()}:{os.getpid()}"
-    serve(pool, worker=worker)
+    consumed = app.amqp.queues.consume_from or app.amqp.queues
+    serve(pool, worker=worker, linger_s=linger_for(pool, consumed))
 
 
 @app.task(name=MODEL_JOB_TASK, acks_late=True, reject_on_worker_lost=True)

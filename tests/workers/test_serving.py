@@ -181,6 +181,45 @@ def test_a_worker_the_fleet_shows_idle_takes_a_sent_answer_into_its_running_batc
     assert second.started_at < first.finished_at
 
 
+def test_after_its_answers_a_worker_listens_a_while_and_runs_the_next_one_itself(
+    alice, gemma, monkeypatch
+):
+    """An answer sent within ``CORRAL_WORKER_LINGER_S`` of the last one ending starts in
+    the same loop, heard through the doorbell (no Celery wake-up is consumed here); then
+    the loop ends by itself."""
+    monkeypatch.setattr(config, "AUTO_TITLE", False)
+    gemma.parameters = {**gemma.parameters, "max_tokens": 8}
+    gemma.save()
+    channel = wakeups.doorbell_channel(UNSERVED_POOL)
+
+    def listening() -> int:
+        return int(redis_client.shared().pubsub_numsub(channel)[0][1])
+
+    (first,) = send(alice, gemma, 1)
+    wait_for(lambda: listening() == 0)  # an earlier test's doorbell has stopped
+    served: list[int] = []
+    runner = threading.Thread(
+        target=lambda: served.append(serve(UNSERVED_POOL, "test", linger_s=3))
+    )
+    runner.start()
+    try:
+        wait_for(lambda: Message.objects.get(pk=first.pk).status == Message.Status.DONE)
+        assert listening() > 0  # still listening after its answer ended
+        (second,) = send(alice, gemma, 1)
+    finally:
+        runner.join(timeout=120)
+    assert not runner.is_alive() and served == [2]
+    second.refresh_from_db()
+    assert second.status == Message.Status.DONE
+
+
+def test_a_worker_that_also_consumes_another_queue_does_not_linger(monkeypatch):
+    monkeypatch.setattr(config, "WORKER_LINGER_S", 5)
+    assert serving.linger_for("cpu", ["cpu", "cpu@host.dq"]) == 5
+    assert serving.linger_for("cpu", ["cpu", "gpu", "cpu@host.dq"]) == 0
+    assert serving.linger_for("cpu", ["cpu", config.MODEL_JOB_QUEUE]) == 0
+
+
 def test_stop_in_a_full_batch_lands_within_a_second_and_frees_the_slot(alice, gemma, monkeypatch):
     """Four llama.cpp answers fill a batch of four and a fifth waits. Stop ends one of the
     four within a second, keeping its partial text; the fifth takes its slot at once, while

@@ -21,6 +21,10 @@ def direct_queue(node: str) -> str:
     return f"{node}.dq"
 
 
+def is_direct_queue(queue: str) -> bool:
+    return queue.endswith(".dq")
+
+
 def node_of_queue(queue: str) -> str:
     """The node name of a ``direct_queue``."""
     return queue.removesuffix(".dq")
