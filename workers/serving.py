@@ -199,6 +199,7 @@ def _claim_and_run(slots: Slots, linger_s: float) -> int:
                         break
             down_since = None
             if started:
+                linger_until = None
                 continue
         except DATABASE_DOWN:
             if down_since is None:

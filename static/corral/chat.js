@@ -541,7 +541,7 @@
     }
   });
 
-  // Events are hints and can be lost (channel layer capacity, a Redis restart): while an
+  // Events are hints and can be lost (a Redis restart, a web process reconnecting): while an
   // answer is active and nothing has arrived for a while, ask the database again.
   setInterval(() => {
     const active = [...messages.values()].some((m) => ACTIVE.has(m.status));
