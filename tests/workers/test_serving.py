@@ -98,17 +98,25 @@ def wait_for(condition, seconds: float = 60) -> None:
         time.sleep(0.02)
 
 
+def listening() -> int:
+    """Doorbells of the unserved pool now listening (a serve loop's)."""
+    channel = wakeups.doorbell_channel(UNSERVED_POOL)
+    return int(redis_client.shared().pubsub_numsub(channel)[0][1])
+
+
+def assert_joined_while_it_ran(second: Message, first: Message) -> None:
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert first.status == second.status == Message.Status.DONE
+    assert second.started_at < first.finished_at
+
+
 def test_an_answer_sent_while_a_batch_runs_joins_it_at_once(alice, monkeypatch):
     """The doorbell: with the loop's own look at the queue made rare (a minute), an answer
     sent while another streams still joins the running batch at once, instead of waiting
     for the next look or for the first answer to end."""
     monkeypatch.setattr(serving, "CLAIM_POLL_S", 60)
     monkeypatch.setattr(config, "AUTO_TITLE", False)
-    channel = wakeups.doorbell_channel(UNSERVED_POOL)
-
-    def listening() -> int:
-        return int(redis_client.shared().pubsub_numsub(channel)[0][1])
-
     words = " ".join(f"w{i}" for i in range(20))  # 4 s of streaming
     with OllamaTestServer(models={"slow:latest": words}, token_delay=0.2) as server:
         model = ollama_model("ollama/slow", "slow:latest", server.url)
@@ -122,10 +130,7 @@ def test_an_answer_sent_while_a_batch_runs_joins_it_at_once(alice, monkeypatch):
             (second,) = send(alice, model, 1)
         finally:
             runner.join(timeout=120)
-    first.refresh_from_db()
-    second.refresh_from_db()
-    assert first.status == second.status == Message.Status.DONE
-    assert second.started_at < first.finished_at
+    assert_joined_while_it_ran(second, first)
 
 
 def test_a_worker_the_fleet_shows_idle_takes_a_sent_answer_into_its_running_batch(
@@ -139,12 +144,8 @@ def test_a_worker_the_fleet_shows_idle_takes_a_sent_answer_into_its_running_batc
     monkeypatch.setattr(config, "AUTO_TITLE", False)
     gemma.parameters = {**gemma.parameters, "max_tokens": 256}
     gemma.save()
-    channel = wakeups.doorbell_channel(UNSERVED_POOL)
     worker = "warm-node:1"
     direct = warm_routing.direct_queue(warm_routing.node_of(worker))
-
-    def listening() -> int:
-        return int(redis_client.shared().pubsub_numsub(channel)[0][1])
 
     fleet.report(
         {
@@ -175,10 +176,7 @@ def test_a_worker_the_fleet_shows_idle_takes_a_sent_answer_into_its_running_batc
     finally:
         fleet.forget(worker)
         redis_client.shared().delete(direct)
-    first.refresh_from_db()
-    second.refresh_from_db()
-    assert first.status == second.status == Message.Status.DONE
-    assert second.started_at < first.finished_at
+    assert_joined_while_it_ran(second, first)
 
 
 def test_after_its_answers_a_worker_listens_a_while_and_runs_the_next_one_itself(
@@ -190,11 +188,6 @@ def test_after_its_answers_a_worker_listens_a_while_and_runs_the_next_one_itself
     monkeypatch.setattr(config, "AUTO_TITLE", False)
     gemma.parameters = {**gemma.parameters, "max_tokens": 8}
     gemma.save()
-    channel = wakeups.doorbell_channel(UNSERVED_POOL)
-
-    def listening() -> int:
-        return int(redis_client.shared().pubsub_numsub(channel)[0][1])
-
     (first,) = send(alice, gemma, 1)
     wait_for(lambda: listening() == 0)  # an earlier test's doorbell has stopped
     served: list[int] = []
