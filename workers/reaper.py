@@ -62,12 +62,18 @@ def reap_stale(now: datetime | None = None) -> list[int]:
                 "Stopped by the user.",
                 only=same_attempt,
                 finished_at=now_,
+                **_delivered(answer),
             )
         elif answer.attempts < config.MAX_ATTEMPTS and answer.model is not None:
             changed = _requeue(answer, same_attempt)
         else:
             changed = end_answer(
-                answer, Message.Status.FAILED, WORKER_LOST, only=same_attempt, finished_at=now_
+                answer,
+                Message.Status.FAILED,
+                WORKER_LOST,
+                only=same_attempt,
+                finished_at=now_,
+                **_delivered(answer),
             )
         if changed:
             reaped.append(answer.pk)
@@ -107,6 +113,13 @@ def _requeue(answer: Message, same_attempt: Q) -> bool:
     return bool(changed)
 
 
+def _delivered(answer: Message) -> dict[str, Any]:
+    """Everything the lost attempt delivered: its checkpoint plus the text streamed after
+    it (readers were shown it; the ended answer must not take it back)."""
+    more, seq = streams.delivered_after(answer.pk, answer.attempts, answer.seq, len(answer.content))
+    return {"content": answer.content + more, "seq": seq}
+
+
 def _kept_for_next_attempt(answer: Message) -> dict[str, Any]:
     """What a re-run starts from. A backend that continues partial answers goes on from
     everything the lost attempt delivered (its checkpoint plus the streamed text after it);
@@ -118,8 +131,7 @@ def _kept_for_next_attempt(answer: Message) -> dict[str, Any]:
         continues = False
     if not continues:
         return {"content": "", "seq": 0}
-    more, seq = streams.delivered_after(answer.pk, answer.attempts, answer.seq, len(answer.content))
-    return {"content": answer.content + more, "seq": seq}
+    return _delivered(answer)
 
 
 def wake_forgotten_queues(now: datetime | None = None) -> list[str]:

@@ -7,6 +7,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.db.models import Q
 from django.test import override_settings
 from django.utils import timezone
 
@@ -65,6 +66,39 @@ def test_stop_is_not_lost_when_a_reaper_requeues_the_answer_meanwhile(alice, gem
     monkeypatch.setattr(services, "end_queued", end_queued_then_reaped)
     services.stop_answer(user=alice, message_id=answer.pk)
     answer.refresh_from_db()
+    assert answer.status == Message.Status.STOPPED
+    assert claims.claim_next(UNSERVED_POOL, worker="next") is None  # nothing left to run
+
+
+def test_stop_is_not_lost_when_the_reaper_requeues_after_checking_for_it(alice, gemma, monkeypatch):
+    """The reaper looks for a stop flag (none yet), Stop flags the running attempt, then
+    the reaper re-queues it with the same attempt number: Stop must end the queued answer,
+    not leave it to run again under a new attempt that no flag names."""
+    _, _, answer = services.send_message(
+        user=alice, conversation_id=None, text="hi", model_id=gemma.pk
+    )
+    claimed = claims.claim_next(UNSERVED_POOL, worker="dying")
+    Message.objects.filter(pk=claimed.pk).update(
+        heartbeat_at=timezone.now() - timedelta(seconds=config.HEARTBEAT_STALE_S + 5)
+    )
+    real_request_stop = stop_flags.request_stop
+    reaped = []
+
+    def request_stop_while_the_reaper_runs(message_id, attempt):
+        real_request_stop(message_id, attempt)
+        if not reaped:
+            reaped.append(attempt)
+            # The reaper checked the flag before it was set and re-queues now.
+            same_attempt = Q(status=Message.Status.RUNNING, attempts=attempt)
+            assert reaper._requeue(Message.objects.get(pk=message_id), same_attempt)
+
+    monkeypatch.setattr(services.stop_flags, "request_stop", request_stop_while_the_reaper_runs)
+    try:
+        services.stop_answer(user=alice, message_id=answer.pk)
+    finally:
+        stop_flags.clear(answer.pk, 1)
+    answer.refresh_from_db()
+    assert reaped == [1]
     assert answer.status == Message.Status.STOPPED
     assert claims.claim_next(UNSERVED_POOL, worker="next") is None  # nothing left to run
 

@@ -389,6 +389,34 @@ def test_a_stale_llama_answer_keeps_all_it_delivered_for_the_next_attempt(alice,
     assert [m.pk for m in queue.queue_of(UNSERVED_POOL)] == [answer.pk]
 
 
+@pytest.mark.parametrize("stop_pressed", [False, True], ids=["failed", "stopped"])
+def test_a_lost_answer_that_is_not_rerun_keeps_all_it_delivered(alice, gemma, stop_pressed):
+    """Its last attempt lost (or Stop pressed while its worker died), the answer ends with
+    its checkpoint plus the deltas streamed after it: readers were shown them, and the
+    ending's snapshot must not take them back."""
+    answer = running(
+        queued(alice, gemma),
+        heartbeat_age_s=config.HEARTBEAT_STALE_S + 5,
+        attempts=config.MAX_ATTEMPTS,
+    )
+    checkpoint = answer.content
+    client = redis_client.shared()
+    key = streams.replay_key(answer.pk, answer.attempts)
+    client.delete(key)
+    client.rpush(key, json.dumps({"seq": 4, "offset": len(checkpoint), "text": " shown"}))
+    if stop_pressed:
+        stop_flags.request_stop(answer.pk, answer.attempts)
+    try:
+        assert reaper.reap_stale() == [answer.pk]
+    finally:
+        client.delete(key)
+        stop_flags.clear(answer.pk, answer.attempts)
+    row = Message.objects.get(pk=answer.pk)
+    expected = Message.Status.STOPPED if stop_pressed else Message.Status.FAILED
+    assert row.status == expected
+    assert row.content == checkpoint + " shown" and row.seq == 4
+
+
 def test_an_answer_without_heartbeat_that_started_long_ago_is_reaped(alice, gemma):
     answer = running(queued(alice, gemma), heartbeat_age_s=config.HEARTBEAT_STALE_S + 5)
     Message.objects.filter(pk=answer.pk).update(heartbeat_at=None)

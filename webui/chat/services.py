@@ -213,9 +213,12 @@ def stop_answer(*, user: AbstractBaseUser, message_id: int) -> Message:
         attempt = answer.attempts
         stop_flags.request_stop(answer.pk, attempt)
         answer.refresh_from_db()
-        if answer.status not in Message.ACTIVE or answer.attempts == attempt:
-            return answer  # over, or the flagged attempt is the one running (or reaped)
-        # Re-queued before the flag was set, perhaps claimed again: go round.
+        if answer.status not in Message.ACTIVE or (
+            answer.status == Message.Status.RUNNING and answer.attempts == attempt
+        ):
+            return answer  # over, or the flagged attempt is the one running
+        # Re-queued (before or after the reaper looked at the flag), perhaps claimed
+        # again: go round; a queued answer is ended there.
     return answer
 
 
