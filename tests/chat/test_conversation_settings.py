@@ -4,6 +4,7 @@ form, and what the worker sends to a model."""
 from __future__ import annotations
 
 import pytest
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.test import override_settings
 
@@ -201,12 +202,19 @@ def test_a_refused_form_says_why_and_keeps_what_was_typed(client, alice, convers
     assert conversation.parameters == {} and conversation.system_prompt == ""
 
 
-def test_the_form_is_404_for_another_persons_conversation(client, bob, conversation):
+@pytest.mark.parametrize(
+    "form",
+    [{"temperature": "1"}, {"system_prompt": "x" * (settings.CORRAL["MAX_MESSAGE_CHARS"] + 1)}],
+    ids=["valid", "invalid"],
+)
+def test_the_form_is_404_for_another_persons_conversation(client, bob, conversation, form):
+    """Valid or not, what is sent for someone else's conversation gets a 404 (not an error
+    message that tells the id exists)."""
     client.force_login(bob)
-    response = client.post(f"/c/{conversation.pk}/settings/", {**BLANK, "temperature": "1"})
+    response = client.post(f"/c/{conversation.pk}/settings/", {**BLANK, **form})
     assert response.status_code == 404
     conversation.refresh_from_db()
-    assert conversation.parameters == {}
+    assert conversation.parameters == {} and conversation.system_prompt == ""
 
 
 def test_the_form_takes_only_posts(client, alice, conversation):

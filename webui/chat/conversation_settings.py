@@ -49,7 +49,6 @@ def update_settings(
     ``Conversation.DoesNotExist`` for an id that is not the user's, and ``ValidationError``
     (messages name the field) before anything is saved.
     """
-    prompt = _validate_system_prompt(system_prompt)
     with transaction.atomic():
         conversation = (
             selectors.conversations_for(user)
@@ -58,8 +57,10 @@ def update_settings(
             .filter(pk=conversation_id)
             .first()
         )
+        # Before any check of the input: another person's id is a 404, whatever was sent.
         if conversation is None:
             raise Conversation.DoesNotExist
+        prompt = _validate_system_prompt(system_prompt)
         overrides = validate_parameters(parameters, conversation.model)
         conversation.system_prompt = prompt
         conversation.parameters = overrides
