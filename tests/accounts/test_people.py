@@ -14,7 +14,7 @@ from django.test import Client
 from django.utils import timezone
 
 from tests.conftest import PASSWORD
-from webui.accounts import invites
+from webui.accounts import invites, people
 from webui.accounts.models import Invite, Profile, SignupMode, SiteSettings
 from webui.chat import services
 from webui.chat.models import Conversation
@@ -100,6 +100,25 @@ def test_an_invite_works_once_carries_its_role_and_expires(client, admin_client,
     invite, token = invites.create_invite(created_by=admin)
     admin_client.post(f"/manage/invites/{invite.pk}/revoke/")
     assert other.get(f"/invite/{token}/").status_code == 404
+
+
+def test_an_invite_dies_with_its_creators_rights(client, admin, alice, django_user_model):
+    """A deactivated admin's links stop working; a demoted admin's admin invites too (a
+    link kept by someone who lost the role must not make a new admin)."""
+    _mode(SignupMode.CLOSED)
+    other = django_user_model.objects.create_user("root2", password="x", is_staff=True)
+    _, kept_admin = invites.create_invite(created_by=other, role="admin")
+    _, kept_user = invites.create_invite(created_by=other)
+    people.demote(admin, other)
+    assert client.get(f"/invite/{kept_admin}/").status_code == 404
+    assert _signup(client, f"/invite/{kept_admin}/", "rogue").status_code == 404
+    assert client.get(f"/invite/{kept_user}/").status_code == 200  # still a person's invite
+    people.deactivate(admin, other)
+    assert client.get(f"/invite/{kept_user}/").status_code == 404
+    assert not get_user_model().objects.filter(username="rogue").exists()
+    # Another admin's invites are untouched.
+    _, token = invites.create_invite(created_by=admin, role="admin")
+    assert _signup(client, f"/invite/{token}/", "ann").status_code == 302
 
 
 def test_invited_people_wait_for_approval_in_approval_mode(client, admin):

@@ -44,8 +44,16 @@ def create_invite(
 
 
 def usable_invites():
-    return Invite.objects.filter(
-        used_at__isnull=True, revoked_at__isnull=True, expires_at__gt=timezone.now()
+    """Unused, unrevoked, unexpired invites whose creator could still make them: a
+    deactivated admin's links stop working, and a demoted admin's admin invites."""
+    people = get_user_model().objects
+    return (
+        Invite.objects.filter(
+            used_at__isnull=True, revoked_at__isnull=True, expires_at__gt=timezone.now()
+        )
+        # Subqueries, not joins: sign-up locks these rows (FOR UPDATE).
+        .exclude(created_by_id__in=people.filter(is_active=False).values("pk"))
+        .exclude(role=Role.ADMIN, created_by_id__in=people.filter(is_staff=False).values("pk"))
     )
 
 
