@@ -141,16 +141,20 @@ def _close_when_cancelled(
     # Until Ollama sends its response headers (it does once the model is loaded and
     # generating) there is no response to cut; keep watching until there is.
     while not finished.is_set():
-        if cancel.wait(0.1) and responses:
-            for response in responses:
-                # Closing a socket does not wake a read blocked on it in another thread;
-                # shutting it down does.
-                stream = response.extensions.get("network_stream")
-                sock = stream.get_extra_info("socket") if stream is not None else None
-                if sock is not None:
-                    with contextlib.suppress(OSError):
-                        sock.shutdown(socket.SHUT_RDWR)
-            return
+        if not cancel.wait(0.1):
+            continue
+        if not responses:
+            finished.wait(0.1)  # cancelled, no response yet: look again, without spinning
+            continue
+        for response in responses:
+            # Closing a socket does not wake a read blocked on it in another thread;
+            # shutting it down does.
+            stream = response.extensions.get("network_stream")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        return
 
 
 def list_models(host: str | None) -> list[dict[str, Any]]:

@@ -258,6 +258,30 @@ def test_server_that_stops_answering_hits_the_read_timeout() -> None:
     assert error.detail == server.url
 
 
+def test_a_stop_before_the_response_headers_does_not_spin_a_core() -> None:
+    """Ollama sends no headers while it loads a model. A Stop then has no response to cut
+    (the read timeout ends the call); meanwhile the watcher must wait, not burn a core."""
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(listener.accept()[0]), daemon=True).start()
+    host = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    cancel = threading.Event()
+    try:
+        stream = OllamaBackend().stream(make_request(host=host, timeout=2.0), cancel)
+        threading.Timer(0.3, cancel.set).start()
+        cpu, wall = time.process_time(), time.monotonic()
+        assert list(stream) == []  # cancelled: nothing, and no error
+        cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+    finally:
+        for connection in held:
+            connection.close()
+        listener.close()
+    assert wall >= 1.5  # it waited for the read timeout, with the stop set for most of it
+    assert cpu < wall / 4, (cpu, wall)
+
+
 def test_unknown_setting_is_rejected(server: OllamaTestServer) -> None:
     with pytest.raises(BackendError, match="unknown Ollama setting.*n_threads"):
         list(OllamaBackend().stream(make_request(host=server.url, n_threads=4)))
