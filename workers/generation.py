@@ -155,6 +155,8 @@ class AnswerStream:
     _last_flush: float = 0.0
     _last_checkpoint: float = field(default_factory=time.monotonic)
     checkpoint_failing: bool = False
+    # What the prompt is counted as when no usage record comes (stopped or failed).
+    prompt_estimate: int = 0
 
     def add(self, chunk: str) -> bool:
         """Append a chunk; return True when the caller should flush now."""
@@ -253,6 +255,7 @@ def generate(
         if answer.model is None:
             raise BackendError("The model of this answer was deleted.")
         request = until_database_returns(lambda: build_request(answer))
+        stream.prompt_estimate = estimated_prompt_tokens(request)
         items = get_backend(answer.model.backend).stream(request, cancelled)
         try:
             with LIVE_STREAMS:
@@ -287,6 +290,18 @@ def generate(
     return _save_outcome(stream, finished, status, error)
 
 
+# A usual tokenizer's average on English text; only for answers that end without a
+# usage record.
+CHARS_PER_TOKEN = 4
+
+
+def estimated_prompt_tokens(request: GenerationRequest) -> int:
+    """About how many tokens ``request``'s prompt is (its messages and the text it
+    continues)."""
+    chars = sum(len(m.content) for m in request.messages) + len(request.continue_from)
+    return -(-chars // CHARS_PER_TOKEN)
+
+
 def _why_stopped(heartbeat: Heartbeat | None) -> str:
     if heartbeat is not None and heartbeat.timed_out:
         return f"Stopped at the time limit of {config.MAX_GENERATION_S:g} s."
@@ -314,6 +329,9 @@ def _save_outcome(
         fields["completion_tokens"] = finished.usage.completion_tokens
     elif stream.chunks:  # stopped or failed mid-stream: a chunk is about one token
         fields["completion_tokens"] = stream.chunks
+        # Its prompt was read too: it counts against quotas, or stopping an answer just
+        # before its end would make every prompt free.
+        fields["prompt_tokens"] = stream.prompt_estimate
     if stream.first_token is not None:
         fields["time_to_first_token_ms"] = int((stream.first_token - stream.started) * 1000)
         generating_s = ended - stream.first_token

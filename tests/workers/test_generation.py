@@ -13,7 +13,7 @@ from channels.layers import get_channel_layer
 from tests.chat.conftest import UNSERVED_POOL
 from tests.ollama_server import OllamaTestServer
 from webui.chat import services, stop_flags, streams
-from webui.chat.models import LanguageModel, Message
+from webui.chat.models import AnswerRecord, LanguageModel, Message
 from workers.generation import run_next
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -116,6 +116,14 @@ def test_stop_flag_halts_generation_and_keeps_partial_text(alice, gemma):
     assert answer.completion_tokens < 100  # halted within a stop poll (0.25 s), not at 400
     assert time.monotonic() - started < 5
     assert not stop_flags.stop_requested(answer.pk, 1)
+    # Its prompt was read: it counts (estimated) in the usage quotas read, or stopping an
+    # answer before its end would make every prompt free.
+    assert answer.prompt_tokens >= len("Write a long story.") // 4
+    record = AnswerRecord.objects.get(answer=answer)
+    assert (record.prompt_tokens, record.completion_tokens) == (
+        answer.prompt_tokens,
+        answer.completion_tokens,
+    )
 
 
 def test_missing_gguf_fails_fast_with_reason_and_keeps_question(alice, gemma, tmp_path):
