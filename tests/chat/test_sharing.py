@@ -72,7 +72,9 @@ def test_tokens_are_unique_and_unguessable(alice, shared_conversation):
 
 
 def test_shared_page_is_public_and_shows_only_the_finished_branch(shared_conversation):
-    link = SharedLink.objects.create(conversation=shared_conversation, token="a" * 43)
+    link = SharedLink.objects.create(
+        conversation=shared_conversation, token="a" * 43, leaf=shared_conversation.current_leaf
+    )
     anonymous = Client()
 
     response = anonymous.get(f"/s/{link.token}/")
@@ -102,6 +104,34 @@ def test_shared_page_is_public_and_shows_only_the_finished_branch(shared_convers
     assert "script-src 'self'" in response["Content-Security-Policy"]
     assert response["X-Robots-Tag"] == "noindex, nofollow"
     assert "no-store" in response["Cache-Control"]
+
+
+def test_what_the_owner_writes_after_sharing_stays_private(alice, shared_conversation):
+    """A link shows the branch on screen when it was made: later messages, and a branch
+    the owner switches to, are not shown to whoever holds it."""
+    Message.objects.filter(pk=shared_conversation.current_leaf_id).update(status="done")
+    link = sharing.create_link(alice, shared_conversation.pk)
+    later = Message.objects.create(
+        conversation=shared_conversation,
+        role="user",
+        content="My private salary is 123k",
+        parent_id=shared_conversation.current_leaf_id,
+    )
+    shared_conversation.current_leaf = later
+    shared_conversation.save()
+
+    shown = sharing.shared_conversation(link.token)
+
+    assert [m["content"] for m in shown.messages] == [
+        "Why?",
+        "Because **time** stopped.",
+        "And then?",
+        "Half an ans",
+    ]
+    assert "123k" not in Client().get(f"/s/{link.token}/").content.decode()
+    # A link made now shares the new end of the branch.
+    newer = sharing.create_link(alice, shared_conversation.pk)
+    assert sharing.shared_conversation(newer.token).messages[-1]["content"].endswith("123k")
 
 
 def test_a_deactivated_persons_links_go_dark(alice, django_user_model, shared_conversation):

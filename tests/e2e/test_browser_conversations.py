@@ -111,7 +111,9 @@ def test_shared_page_renders_markdown_safely_for_anyone(page, alice, web_server)
         '<span class="meta">fake</span>\n\n```python\nprint("hi")\n```'
     )
     conversation = make(alice, "Shared *title*", ["Question?", hostile], age_minutes=1)
-    link = SharedLink.objects.create(conversation=conversation, token="s" * 43)
+    link = SharedLink.objects.create(
+        conversation=conversation, token="s" * 43, leaf=conversation.current_leaf
+    )
 
     page.goto(f"{web_server.url}/s/{link.token}/")  # not signed in
 

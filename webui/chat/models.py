@@ -170,6 +170,11 @@ class SharedLink(models.Model):
         Conversation, on_delete=models.CASCADE, related_name="shared_links"
     )
     token = models.CharField(max_length=64, unique=True)
+    # The last message of the branch it shares: what the owner writes after the link was
+    # made (or on another branch) is not shown. None for a conversation that had none.
+    leaf = models.ForeignKey(
+        "Message", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
 

@@ -1,7 +1,8 @@
 """Read-only share links: the owner makes and revokes them; anyone with the token reads.
 
 A shared page shows the conversation's title, the owner's display name and the finished
-messages of the branch on screen, nothing else: no ids, no other conversation, no
+messages of the branch that was on screen when the link was made (what is written later
+stays private), nothing else: no ids, no other conversation, no
 account details. A revoked or unknown token is indistinguishable from a missing page.
 """
 
@@ -32,7 +33,11 @@ def active_links(user: AbstractBaseUser, conversation_id: int) -> QuerySet[Share
 def create_link(user: AbstractBaseUser, conversation_id: int) -> SharedLink:
     """A new unguessable link (256 random bits) to the conversation."""
     conversation = selectors.owned_conversation(user, conversation_id)
-    return SharedLink.objects.create(conversation=conversation, token=secrets.token_urlsafe(32))
+    return SharedLink.objects.create(
+        conversation=conversation,
+        token=secrets.token_urlsafe(32),
+        leaf_id=conversation.current_leaf_id,
+    )
 
 
 def revoke_link(user: AbstractBaseUser, conversation_id: int, link_id: int) -> None:
@@ -72,7 +77,9 @@ def shared_conversation(token: str) -> SharedConversation | None:
     if link is None:
         return None
     conversation = link.conversation
-    branch, _ = selectors.current_branch(conversation)
+    everything = list(conversation.messages.select_related("model"))
+    leaf = next((m for m in everything if m.pk == link.leaf_id), None)
+    branch = selectors.branch_to(leaf, everything)
     messages = [
         {
             "role": message.role,
