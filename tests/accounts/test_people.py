@@ -16,8 +16,8 @@ from django.utils import timezone
 from tests.conftest import PASSWORD
 from webui.accounts import invites, people
 from webui.accounts.models import Invite, Profile, SignupMode, SiteSettings
-from webui.chat import services
-from webui.chat.models import Conversation
+from webui.chat import services, stop_flags
+from webui.chat.models import Conversation, Message
 
 pytestmark = pytest.mark.django_db
 
@@ -184,6 +184,34 @@ def test_reset_link_works_once_and_never_shows_a_password(admin_client, alice):
     alice.refresh_from_db()
     assert alice.check_password(new)
     assert "does not work any more" in Client().get(link, follow=True).content.decode()
+
+
+def test_deactivating_someone_stops_their_answers(admin, alice, bob, gemma):
+    """Queued answers end, running ones are told to stop (their worker honours the flag,
+    or the reaper does): a deactivated account's work does not go on using the workers;
+    other people's answers are untouched."""
+    from workers import claims
+
+    _, _, running = services.send_message(
+        user=alice, conversation_id=None, text="one", model_id=gemma.pk
+    )
+    claimed = claims.claim_next(gemma.pool, worker="w")
+    assert claimed is not None and claimed.pk == running.pk
+    _, _, queued = services.send_message(
+        user=alice, conversation_id=None, text="two", model_id=gemma.pk
+    )
+    _, _, others = services.send_message(
+        user=bob, conversation_id=None, text="three", model_id=gemma.pk
+    )
+    try:
+        people.deactivate(admin, alice)
+        queued.refresh_from_db()
+        assert queued.status == Message.Status.STOPPED
+        assert stop_flags.stop_requested(running.pk, 1)
+        others.refresh_from_db()
+        assert others.status == Message.Status.QUEUED
+    finally:
+        stop_flags.clear(running.pk, 1)
 
 
 def test_delete_needs_confirmation_and_takes_conversations(admin_client, alice, gemma):

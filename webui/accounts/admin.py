@@ -13,6 +13,7 @@ from django.http import HttpRequest, HttpResponse
 
 from webui.accounts import sessions
 from webui.accounts.models import Invite, SiteSettings
+from webui.chat import services
 
 User = get_user_model()
 
@@ -24,6 +25,7 @@ class CorralUserAdmin(UserAdmin):
             return
         if "is_active" in form.changed_data and not obj.is_active:
             sessions.end_all(obj, "Your account was deactivated.")
+            services.stop_answers_of(obj)
         elif "is_staff" in form.changed_data and not obj.is_staff:
             sessions.close_sockets(obj.pk, "Your role changed: reload the page.")
 

@@ -15,6 +15,7 @@ from django.utils.http import urlsafe_base64_encode
 
 from webui.accounts import sessions
 from webui.accounts.models import Profile
+from webui.chat import services
 
 
 def search_people(query: str = "") -> QuerySet:
@@ -48,6 +49,7 @@ def deactivate(actor: AbstractBaseUser, person: AbstractBaseUser) -> None:
         person.is_active = False
         person.save(update_fields=["is_active"])
         sessions.end_all(person, "Your account was deactivated.")
+    services.stop_answers_of(person)
 
 
 def reactivate(person: AbstractBaseUser) -> None:

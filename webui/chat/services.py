@@ -222,6 +222,18 @@ def stop_answer(*, user: AbstractBaseUser, message_id: int) -> Message:
     return answer
 
 
+def stop_answers_of(person: AbstractBaseUser) -> int:
+    """Stop every answer ``person`` has queued or running (their account was deactivated:
+    their work must not go on using the workers). How many there were."""
+    active = Message.objects.filter(
+        conversation__owner=person, role=Message.Role.ASSISTANT, status__in=Message.ACTIVE
+    ).values_list("pk", flat=True)
+    pks = list(active)
+    for pk in pks:
+        stop_answer(user=person, message_id=pk)
+    return len(pks)
+
+
 # Model catalog -----------------------------------------------------------------------
 
 DEFAULT_MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
