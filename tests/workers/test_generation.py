@@ -101,6 +101,10 @@ def test_an_answer_kept_by_the_reaper_continues_where_it_stopped(alice, gemma):
 
 
 def test_stop_flag_halts_generation_and_keeps_partial_text(alice, gemma):
+    # The model loaded first (as an earlier test leaves it): a first chunk then arrives
+    # before the worker's first look at the flag.
+    services.send_message(user=alice, conversation_id=None, text="Hi.", model_id=gemma.pk)
+    run_next(UNSERVED_POOL, worker="test")
     gemma.parameters = {**gemma.parameters, "max_tokens": 400}
     gemma.save()
     _, _, answer = services.send_message(
