@@ -385,10 +385,12 @@ class BatchEngine:
                         sequence.end(BackendError("The model was unloaded."))
                     return
                 self._admit()
-            self._drop_closed()
             if not self._active:
                 continue
             try:
+                self._drop_closed()
+                if not self._active:
+                    continue
                 self._step()
             except Exception as exc:  # a failed decode fails the answers it carried
                 logger.exception("batched decode failed")
@@ -402,13 +404,29 @@ class BatchEngine:
             sequence = self._joining.pop(0)
             if sequence.closed.is_set():
                 continue
-            sequence.seq_id, sequence.evaluated = self._take_id(sequence.prompt)
+            try:
+                sequence.seq_id, sequence.evaluated = self._take_id(sequence.prompt)
+                sequence.sampler = self._sampler(sequence.options)
+            except Exception as exc:
+                # This answer fails; the loop, and every other answer, goes on.
+                logger.exception("could not start a sequence")
+                self._refuse(sequence, exc)
+                continue
             self.reused_tokens += sequence.evaluated
-            sequence.sampler = self._sampler(sequence.options)
             self._active.append(sequence)
         # Batches go in sequence-id order: llama.cpp then views the per-sequence KV streams
         # as one run; out of order, every decode step cost half as much again (measured).
         self._active.sort(key=lambda s: s.seq_id)
+
+    def _refuse(self, sequence: _Sequence, exc: Exception) -> None:
+        """End a sequence that could not join; its id (if it took one) is free again."""
+        sequence.end(BackendError("llama.cpp could not start this answer.", detail=str(exc)))
+        if sequence.seq_id >= 0:
+            self._llama_cpp.llama_memory_seq_rm(self.context.memory, sequence.seq_id, -1, -1)
+            self._cached.pop(sequence.seq_id, None)
+            if sequence.seq_id not in self._free_ids:
+                self._free_ids.append(sequence.seq_id)
+            sequence.seq_id = -1
 
     def _take_id(self, prompt: list[int]) -> tuple[int, int]:
         """A free sequence id for ``prompt``, and how many of its tokens that id's cells

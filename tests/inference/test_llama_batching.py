@@ -10,7 +10,10 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from inference import (
+    BackendError,
     ChatMessage,
     Finished,
     GenerationRequest,
@@ -402,3 +405,28 @@ def test_a_reader_resting_between_texts_gets_the_end_at_once(gemma_path):
         assert time.monotonic() - started < 20  # one rest would be 30 s
     finally:
         engine.close()
+
+
+def test_an_answer_that_cannot_join_fails_alone(gemma_path, monkeypatch):
+    """An error while an answer joins the batch (here its sampler chain) fails that
+    answer; the decode loop goes on with the others and takes later ones."""
+    backend = get_backend("llama_cpp")
+    engine = backend.load(str(gemma_path), SETTINGS).engine
+    running = backend.stream(request(gemma_path, max_tokens=40, seed=1))
+    assert isinstance(next(running), TextChunk)
+    make_sampler = engine._sampler
+
+    def failing_for_seed_13(options, *args, **kwargs):
+        if options.seed == 13:
+            raise RuntimeError("no sampler for you")
+        return make_sampler(options, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "_sampler", failing_for_seed_13)
+    with pytest.raises(BackendError, match="could not start this answer"):
+        answer(backend.stream(request(gemma_path, seed=13)))
+    rest, finished = answer(running)
+    assert finished.reason == "length"
+    assert finished.usage.completion_tokens == 40
+    text, finished = answer(backend.stream(request(gemma_path, max_tokens=8, seed=2)))
+    assert finished.usage.completion_tokens == 8
+    assert engine.busy == 0
