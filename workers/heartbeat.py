@@ -21,14 +21,16 @@ STOP_POLL_S = 0.25
 
 
 class Heartbeat:
-    """A thread beside one running answer. It beats, so long prompt evaluations and slow
-    upstream servers do not look like a lost worker, and it polls the stop flag, so Stop
-    lands within a second even while no token arrives: it sets ``cancelled``, which the
-    generation loop and the backend watch."""
+    """Two threads beside one running answer. One polls the stop flag (Redis) and keeps the
+    time limit, so Stop lands within a second even while no token arrives: it sets
+    ``cancelled``, which the generation loop and the backend watch. The other beats in the
+    database, so long prompt evaluations and slow upstream servers do not look like a lost
+    worker. They are apart because a beat can wait on the database (a locked row, an
+    outage) for as long as the database makes it: Stop and the time limit must not."""
 
     def __init__(self, answer: Message, first: Callable[[], None] | None = None) -> None:
-        """``first`` runs in the thread as it starts: work that must not delay the first
-        token (telling the rest of the queue that it moved up)."""
+        """``first`` runs in the beating thread as it starts: work that must not delay the
+        first token (telling the rest of the queue that it moved up)."""
         self.answer = answer
         self._first = first
         self.cancelled = threading.Event()
@@ -39,32 +41,44 @@ class Heartbeat:
         self.lost = False
         self._deadline = time.monotonic() + config.MAX_GENERATION_S
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="corral-heartbeat", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._watch, name="corral-stop-watch", daemon=True),
+            threading.Thread(target=self._beat, name="corral-heartbeat", daemon=True),
+        ]
 
     def __enter__(self) -> Heartbeat:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        watcher, beater = self._threads
+        watcher.join(timeout=5)
+        # A beat waiting on the database ends by itself once it returns (the row is no
+        # longer this attempt's to write by then): the answer's end does not wait for it.
+        beater.join(timeout=0.5)
 
-    def _run(self) -> None:
-        last_beat = time.monotonic()
+    @property
+    def beating(self) -> bool:
+        return self._threads[1].is_alive()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(STOP_POLL_S):
+            if stop_flags.stop_requested(self.answer.pk, self.answer.attempts):
+                self.cancelled.set()
+            if time.monotonic() > self._deadline:
+                self.timed_out = True
+                self.cancelled.set()
+
+    def _beat(self) -> None:
         try:
             if self._first is not None:
                 try:
                     self._first()
                 except Exception:
                     logger.warning("could not publish the queue", exc_info=True)
-            while not self._stop.wait(min(STOP_POLL_S, config.HEARTBEAT_INTERVAL_S)):
-                if stop_flags.stop_requested(self.answer.pk, self.answer.attempts):
-                    self.cancelled.set()
-                if time.monotonic() > self._deadline:
-                    self.timed_out = True
-                    self.cancelled.set()
-                if time.monotonic() - last_beat < config.HEARTBEAT_INTERVAL_S:
-                    continue
+            while not self._stop.wait(config.HEARTBEAT_INTERVAL_S):
                 if time.monotonic() > self._deadline + config.HEARTBEAT_STALE_S:
                     # Past the time limit and still not ended: the backend call hangs.
                     # Silence lets the reaper end the answer.
@@ -74,7 +88,6 @@ class Heartbeat:
                     beat = Message.objects.filter(still_ours(self.answer)).update(
                         heartbeat_at=Now()
                     )
-                    last_beat = time.monotonic()
                 except Exception:
                     logger.warning("heartbeat of answer %s failed", self.answer.pk, exc_info=True)
                     close_old_connections()

@@ -192,7 +192,7 @@ def test_a_hung_answer_stops_beating_after_its_time_limit_so_it_can_be_reaped(
         # The backend call never returns: the thread keeps the answer but stops beating.
         assert heartbeat.cancelled.wait(timeout=3) and heartbeat.timed_out
         deadline = time.monotonic() + 5
-        while heartbeat._thread.is_alive():
+        while heartbeat.beating:
             assert time.monotonic() < deadline, "the heartbeat went on past the time limit"
             time.sleep(0.05)
         time.sleep(0.4)

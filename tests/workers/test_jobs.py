@@ -4,13 +4,14 @@ time and token limits, and the heartbeat thread. In-process, against the test da
 from __future__ import annotations
 
 import json
+import threading
 import time
 from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
@@ -661,7 +662,7 @@ def test_the_heartbeat_thread_keeps_a_running_answer_fresh(alice, gemma, monkeyp
         first = Message.objects.get(pk=answer.pk).heartbeat_at
         assert _wait_for(lambda: Message.objects.get(pk=answer.pk).heartbeat_at > first)
 
-    assert not heartbeat._thread.is_alive()
+    assert not any(thread.is_alive() for thread in heartbeat._threads)
     row = Message.objects.get(pk=answer.pk)
     assert row.status == Message.Status.RUNNING and row.attempts == 1
     assert (timezone.now() - row.heartbeat_at).total_seconds() < config.HEARTBEAT_STALE_S
@@ -678,6 +679,44 @@ def test_the_heartbeat_of_a_reaped_attempt_does_not_revive_it(alice, gemma, monk
 
     row = Message.objects.get(pk=answer.pk)
     assert row.status == Message.Status.QUEUED and row.heartbeat_at is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stop_and_the_time_limit_land_while_a_beat_waits_on_a_locked_row(alice, gemma, monkeypatch):
+    """A beat waits as long as the database makes it (here another transaction holds the
+    answer's row): Stop, and the time limit, must still land within a second."""
+    monkeypatch.setattr(config, "HEARTBEAT_INTERVAL_S", 0.05)
+    answer = running(queued(alice, gemma), heartbeat_age_s=0)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_row() -> None:
+        try:
+            with transaction.atomic():
+                Message.objects.filter(pk=answer.pk).update(served_by="")
+                locked.set()
+                release.wait(timeout=10)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold_the_row)
+    holder.start()
+    try:
+        assert locked.wait(timeout=5)
+        with Heartbeat(answer) as heartbeat:
+            time.sleep(0.3)  # the first beats are waiting for the row now
+            stop_flags.request_stop(answer.pk, answer.attempts)
+            assert heartbeat.cancelled.wait(timeout=1), "Stop waited for the database"
+            assert not heartbeat.timed_out
+        stop_flags.clear(answer.pk, answer.attempts)
+        monkeypatch.setattr(config, "MAX_GENERATION_S", 0.3)
+        with Heartbeat(answer) as heartbeat:
+            assert heartbeat.cancelled.wait(timeout=1.3), "the time limit waited"
+            assert heartbeat.timed_out
+            release.set()
+    finally:
+        release.set()
+        holder.join(timeout=10)
+        stop_flags.clear(answer.pk, answer.attempts)
 
 
 # Follow-ups, stops on lost workers, orphans, silent backends -------------------------
