@@ -88,6 +88,8 @@ class LlamaCppBackend:
         self._lock = threading.Condition()
         # Least recently used first.
         self._loaded: OrderedDict[tuple[str, LlamaCppSettings], LoadedModel] = OrderedDict()
+        # Loads under way, outside the lock: they count as loaded for the limit.
+        self._loading: set[tuple[str, LlamaCppSettings]] = set()
         self.max_loaded = max(1, max_loaded)
 
     def batch_key(self, model: ModelSpec) -> Hashable:
@@ -102,16 +104,19 @@ class LlamaCppBackend:
 
     def _make_room(self, needed_bytes: int) -> bool:
         """Give up idle models, least recently used first, until one more fits; False while
-        the models still answering leave no room."""
+        the models still answering (or being loaded) leave no room."""
         for key, loaded in list(self._loaded.items()):
             memory = available_memory()
-            if len(self._loaded) < self.max_loaded and (memory is None or memory > needed_bytes):
+            if self._count() < self.max_loaded and (memory is None or memory > needed_bytes):
                 return True
             if not loaded.in_use:
                 loaded.engine.close()
                 del self._loaded[key]
         # Short of memory with nothing idle left to give up: try (the file is mapped).
-        return len(self._loaded) < self.max_loaded
+        return self._count() < self.max_loaded
+
+    def _count(self) -> int:
+        return len(self._loaded) + len(self._loading)
 
     def load(
         self,
@@ -122,7 +127,10 @@ class LlamaCppBackend:
     ) -> LoadedModel:
         """This file with these settings, loaded if needed. When the process is full of
         models that are all answering, it waits for one of them to finish. ``lease``: the
-        caller will use it and must call :meth:`release` when done."""
+        caller will use it and must call :meth:`release` when done.
+
+        Loading takes seconds and happens outside the lock: answers of models already
+        loaded start and end meanwhile, and a second caller of the same load waits for it."""
         parsed = parse_settings(settings)
         key = (path, parsed)
         file = Path(path)
@@ -133,46 +141,59 @@ class LlamaCppBackend:
                     loaded = self._loaded[key]
                     loaded.leases += int(lease)
                     return loaded
-                if not file.is_file():
-                    raise BackendError(f"Model file not found: {file.name}", detail=path)
-                if self._make_room(file.stat().st_size):
-                    break
+                if key not in self._loading:
+                    if not file.is_file():
+                        raise BackendError(f"Model file not found: {file.name}", detail=path)
+                    if self._make_room(file.stat().st_size):
+                        break
                 if cancel is not None and cancel.is_set():
                     raise BackendError("Stopped while waiting for another model to finish.")
                 self._lock.wait(0.1)
-            config = EngineConfig(
-                n_ctx_per_seq=parsed.n_ctx,
-                n_seq_max=parsed.batch_size,
-                n_threads=parsed.n_threads,
-                n_gpu_layers=parsed.n_gpu_layers,
-                prefill_chunk=parsed.prefill_chunk,
-            )
-            try:
-                engine = self._open(file, config)
-            except (ValueError, RuntimeError, OSError) as exc:
-                raise BackendError(f"Could not load {file.name}.", detail=f"{path}: {exc}") from exc
-            format_name = None
-            if CHAT_TEMPLATE_KEY not in engine.metadata:
-                if not parsed.chat_format:
-                    engine.close()
-                    raise BackendError(
-                        f"{file.name} has no chat template; set a chat format (e.g. 'gemma')."
-                    )
-                format_name = parsed.chat_format
-            model = engine.model
-            try:
-                formatter = chat_formatter(
-                    engine.metadata,
-                    format_name,
-                    bos=engine.token_text(model.token_bos()) if model.token_bos() != -1 else "",
-                    eos=engine.token_text(model.token_eos()) if model.token_eos() != -1 else "",
-                    eos_id=model.token_eos(),
-                )
-            except BackendError:
+            self._loading.add(key)
+        try:
+            model = self._open_with_format(file, parsed)
+        finally:
+            with self._lock:
+                self._loading.discard(key)
+                self._lock.notify_all()
+        with self._lock:
+            model.leases = int(lease)
+            self._loaded[key] = model
+            return model
+
+    def _open_with_format(self, file: Path, parsed: LlamaCppSettings) -> LoadedModel:
+        config = EngineConfig(
+            n_ctx_per_seq=parsed.n_ctx,
+            n_seq_max=parsed.batch_size,
+            n_threads=parsed.n_threads,
+            n_gpu_layers=parsed.n_gpu_layers,
+            prefill_chunk=parsed.prefill_chunk,
+        )
+        try:
+            engine = self._open(file, config)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise BackendError(f"Could not load {file.name}.", detail=f"{file}: {exc}") from exc
+        format_name = None
+        if CHAT_TEMPLATE_KEY not in engine.metadata:
+            if not parsed.chat_format:
                 engine.close()
-                raise
-            self._loaded[key] = LoadedModel(engine, formatter, format_name, leases=int(lease))
-            return self._loaded[key]
+                raise BackendError(
+                    f"{file.name} has no chat template; set a chat format (e.g. 'gemma')."
+                )
+            format_name = parsed.chat_format
+        model = engine.model
+        try:
+            formatter = chat_formatter(
+                engine.metadata,
+                format_name,
+                bos=engine.token_text(model.token_bos()) if model.token_bos() != -1 else "",
+                eos=engine.token_text(model.token_eos()) if model.token_eos() != -1 else "",
+                eos_id=model.token_eos(),
+            )
+        except BackendError:
+            engine.close()
+            raise
+        return LoadedModel(engine, formatter, format_name)
 
     def _open(self, file: Path, config: EngineConfig) -> BatchEngine:
         """Load the file; if that fails while other models are loaded (GPU memory, which
@@ -180,11 +201,13 @@ class LlamaCppBackend:
         try:
             return BatchEngine(str(file), config)
         except (ValueError, RuntimeError, OSError):
-            idle = [key for key, loaded in self._loaded.items() if not loaded.in_use]
-            if not idle:
+            with self._lock:
+                idle = [key for key, loaded in self._loaded.items() if not loaded.in_use]
+                engines = [self._loaded.pop(key).engine for key in idle]
+            if not engines:
                 raise
-            for key in idle:
-                self._loaded.pop(key).engine.close()
+            for engine in engines:
+                engine.close()
             return BatchEngine(str(file), config)
 
     def release(self, loaded: LoadedModel) -> None:

@@ -190,3 +190,55 @@ def test_a_model_handed_to_a_stream_is_kept_until_the_stream_lets_go(tmp_path):
     backend.release(held)
     backend.load(b, settings)
     assert backend.loaded() == [b]
+
+
+def test_answers_of_a_loaded_model_go_on_while_another_model_loads(tmp_path):
+    """Loading a model takes seconds (a title model, a second model on the same worker):
+    meanwhile answers of the model already loaded start and end, and a second caller of
+    the same load waits for it instead of loading the file twice."""
+    import threading
+
+    from inference.llama_cpp import LlamaCppBackend
+
+    a, b = _tiny(tmp_path, "a.gguf"), _tiny(tmp_path, "b.gguf")
+    settings = {"n_ctx": 64, "batch_size": 1}
+    gate = threading.Event()
+    opened: list[str] = []
+
+    class SlowToLoad(LlamaCppBackend):  # the file of b takes until the gate opens
+        def _open(self, file, config):
+            opened.append(file.name)
+            if file.name == "b.gguf":
+                gate.wait(timeout=30)
+            return super()._open(file, config)
+
+    backend = SlowToLoad(max_loaded=2)
+    backend.load(a, settings)
+    loads = [threading.Thread(target=backend.load, args=(b, settings)) for _ in range(2)]
+    for load in loads:
+        load.start()
+    try:
+        deadline = time.monotonic() + 5
+        while "b.gguf" not in opened:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        done: list[Finished] = []
+        hello = GenerationRequest(
+            ModelSpec("llama_cpp", a, settings),
+            (ChatMessage("user", "hi"),),
+            SamplingOptions(max_tokens=4),
+        )
+        answer = threading.Thread(
+            target=lambda: done.extend(
+                item for item in backend.stream(hello) if isinstance(item, Finished)
+            )
+        )
+        answer.start()
+        answer.join(timeout=10)
+        assert done, "an answer of the loaded model waited for another model's load"
+    finally:
+        gate.set()
+        for load in loads:
+            load.join(timeout=30)
+    assert opened.count("b.gguf") == 1
+    assert sorted(backend.loaded()) == sorted([a, b])
