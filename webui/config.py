@@ -79,6 +79,8 @@ OLLAMA_HOST: str = env.str("OLLAMA_HOST", "")
 MAX_MESSAGE_CHARS: int = env.int("CORRAL_MAX_MESSAGE_CHARS", 32_000)
 # Largest conversation file (JSON) accepted by /import/, checked before it is parsed.
 MAX_IMPORT_BYTES: int = env.int("CORRAL_MAX_IMPORT_BYTES", 2 * 1024 * 1024)
+# Conversation files one person may import in an hour (each may hold 5,000 messages).
+MAX_IMPORTS_PER_HOUR: int = env.int("CORRAL_MAX_IMPORTS_PER_HOUR", 30)
 # Largest websocket message the server reads (uvicorn --ws-max-size): a longest message
 # in 4-byte UTF-8 plus room for the JSON around it; bigger frames close the socket (1009).
 WS_MAX_BYTES: int = env.int("CORRAL_WS_MAX_BYTES", MAX_MESSAGE_CHARS * 4 + 64 * 1024)
@@ -146,6 +148,11 @@ MODEL_JOB_STALE_S: float = env.float("CORRAL_MODEL_JOB_STALE_S", 60)
 # The largest GGUF an admin may upload (bytes), and the most one chunk request carries.
 MAX_UPLOAD_BYTES: int = env.int("CORRAL_MAX_UPLOAD_BYTES", 64 * 1024**3)
 UPLOAD_CHUNK_BYTES: int = env.int("CORRAL_UPLOAD_CHUNK_BYTES", 8 * 1024**2)
+# The largest HTTP request body the server reads at all (webui/body_limit.py): one upload
+# chunk or one conversation file, and room for the form around it.
+MAX_REQUEST_BYTES: int = env.int(
+    "CORRAL_MAX_REQUEST_BYTES", max(UPLOAD_CHUNK_BYTES, MAX_IMPORT_BYTES) + 1024**2
+)
 # A bearer token that lets a Prometheus scraper read /metrics (admins' sessions always can);
 # empty: only admins.
 METRICS_TOKEN: str = env.str("CORRAL_METRICS_TOKEN", "")
