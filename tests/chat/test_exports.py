@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -248,3 +249,28 @@ def test_imported_text_is_escaped(client, alice):
     page = client.get(response.url).content.decode()
     assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;" in page
     assert "<script>1</script>" not in page
+
+
+@override_settings(CORRAL={"MAX_IMPORTS_PER_HOUR": 2})
+def test_imports_per_person_are_limited_per_hour(client, alice, bob):
+    """Each import may write thousands of rows: a person gets a few an hour, and the
+    refusal says when to try again; someone else is not held up by it."""
+    raw = json.dumps({"messages": [VALID_MESSAGE]})
+    client.force_login(alice)
+    assert upload(client, raw).status_code == 302
+    assert upload(client, raw).status_code == 302
+    refused = upload(client, raw)
+    assert refused.status_code == 429
+    assert "You imported 2 conversations in the last hour; try again in 60 min." in (
+        refused.content.decode()
+    )
+    assert Conversation.objects.filter(owner=alice).count() == 2
+    client.force_login(bob)
+    assert upload(client, raw).status_code == 302
+    # An hour after the first, one more is allowed.
+    first = Conversation.objects.filter(owner=alice).order_by("pk").first()
+    Conversation.objects.filter(pk=first.pk).update(
+        imported_at=first.imported_at - timedelta(hours=1, seconds=1)
+    )
+    client.force_login(alice)
+    assert upload(client, raw).status_code == 302

@@ -143,7 +143,7 @@ def import_page(request: HttpRequest) -> HttpResponse:
         )
     except exports.ImportRejected as exc:
         context["errors"] = exc.errors
-        return render(request, "chat/import.html", context, status=400)
+        return render(request, "chat/import.html", context, status=exc.status)
     return _back(conversation.pk)
 
 

@@ -9,7 +9,7 @@ file creates nothing.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from django.conf import settings
@@ -41,13 +41,33 @@ Text = Annotated[str, AfterValidator(storable_text)]
 class ImportRejected(ValueError):
     """The file cannot be imported; ``errors`` says why, in words for the person."""
 
-    def __init__(self, errors: list[str]) -> None:
+    def __init__(self, errors: list[str], status: int = 400) -> None:
         super().__init__("; ".join(errors))
         self.errors = errors
+        self.status = status
 
 
 def max_import_bytes() -> int:
     return int(settings.CORRAL.get("MAX_IMPORT_BYTES", config.MAX_IMPORT_BYTES))
+
+
+def max_imports_per_hour() -> int:
+    return int(settings.CORRAL.get("MAX_IMPORTS_PER_HOUR", config.MAX_IMPORTS_PER_HOUR))
+
+
+def _check_import_rate(user: AbstractBaseUser) -> None:
+    """At most ``max_imports_per_hour`` imports in any hour: each one writes up to
+    MAX_IMPORT_MESSAGES rows, so unbounded imports would fill the database."""
+    limit = max_imports_per_hour()
+    since = timezone.now() - timedelta(hours=1)
+    recent = Conversation.objects.filter(owner=user, imported_at__gte=since)
+    if recent.count() >= limit:
+        oldest = recent.order_by("imported_at").values_list("imported_at", flat=True)[0]
+        wait = max(1, int((oldest + timedelta(hours=1) - timezone.now()).total_seconds() // 60) + 1)
+        raise ImportRejected(
+            [f"You imported {limit} conversations in the last hour; try again in {wait} min."],
+            status=429,
+        )
 
 
 def _max_message_chars() -> int:
@@ -221,6 +241,7 @@ def import_conversation(user: AbstractBaseUser, raw: bytes) -> Conversation:
     Messages are saved as finished (``done``). Models are matched by name among the models
     the person may use; an unknown or unavailable one leaves the model empty.
     """
+    _check_import_rate(user)
     data = parse_import(raw)
     names = {data.model} | {m.model for m in data.messages}
     models = {
@@ -244,6 +265,7 @@ def import_conversation(user: AbstractBaseUser, raw: bytes) -> Conversation:
             system_prompt=data.system_prompt,
             parameters=parameters,
             model=model,
+            imported_at=timezone.now(),
         )
         rows = [
             Message(
