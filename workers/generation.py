@@ -302,6 +302,26 @@ def estimated_prompt_tokens(request: GenerationRequest) -> int:
     return -(-chars // CHARS_PER_TOKEN)
 
 
+def _ending_landed(answer: Message, status: str, text: str) -> bool:
+    """Whether the row already holds this attempt's ending: the connection dropped after
+    COMMIT reached the database but before its answer came back, so the retry found
+    nothing left to change. Its usage was recorded in that transaction; the clients'
+    notice (sent after commit) was not, and is sent now."""
+    try:
+        landed = until_database_returns(
+            lambda: Message.objects.filter(
+                pk=answer.pk, attempts=answer.attempts, status=status, content=text
+            ).exists()
+        )
+        if landed:
+            answer.refresh_from_db()
+    except DATABASE_DOWN:
+        return False
+    if landed:
+        streams.publish_message(answer)
+    return landed
+
+
 def _why_stopped(heartbeat: Heartbeat | None) -> str:
     if heartbeat is not None and heartbeat.timed_out:
         return f"Stopped at the time limit of {config.MAX_GENERATION_S:g} s."
@@ -349,7 +369,7 @@ def _save_outcome(
         # continues it (or runs it again) once the database is back.
         logger.error("answer %s: could not save its ending", answer.pk, exc_info=True)
         return answer
-    if not saved:
+    if not saved and not _ending_landed(answer, status, stream.text):
         # Reaped (re-queued, maybe re-claimed) or deleted while it ran: the row is another
         # attempt's now, and so is its stop flag.
         return _drop_attempt(answer)

@@ -222,3 +222,42 @@ def test_stop_lands_within_a_second_even_before_the_first_token(alice):
     answer.refresh_from_db()
     assert answer.status == Message.Status.STOPPED
     assert answer.error == "Stopped by the user." and answer.content == ""
+
+
+def test_an_ending_whose_commit_acknowledgement_was_lost_counts_as_saved(alice, gemma, monkeypatch):
+    """The connection drops after COMMIT reached the database, before its answer came
+    back: the worker's retry finds the row already ended by this attempt. The answer is
+    done, its clients are told so, and its conversation gets a title."""
+    from django.db import OperationalError
+
+    from webui.chat.models import Conversation, TitleStatus
+    from workers import generation
+
+    real_end_answer = generation.end_answer
+    calls = []
+
+    def committed_then_connection_lost(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            return real_end_answer(*args, **kwargs)
+        # What is sent after commit never goes: the client saw the commit fail.
+        with monkeypatch.context() as patch:
+            patch.setattr(streams, "publish_message", lambda message: None)
+            real_end_answer(*args, **kwargs)
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(generation, "end_answer", committed_then_connection_lost)
+    _, _, answer = services.send_message(
+        user=alice, conversation_id=None, text="Tell me about the sea.", model_id=gemma.pk
+    )
+    events = collect_group_events(
+        answer.conversation_id, lambda: run_next(UNSERVED_POOL, worker="test")
+    )
+    assert len(calls) == 2  # the first try committed, the retry found it done
+    answer.refresh_from_db()
+    assert answer.status == Message.Status.DONE and answer.attempts == 1
+    states = [e["message"]["status"] for e in events if e["type"] == "message.state"]
+    assert states[-1] == "done"
+    conversation = Conversation.objects.get(pk=answer.conversation_id)
+    assert conversation.title_status == TitleStatus.PENDING
+    assert AnswerRecord.objects.filter(answer_id=answer.pk).count() == 1
