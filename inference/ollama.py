@@ -75,8 +75,8 @@ class OllamaBackend:
         model = request.model.target
         if not model:
             raise BackendError("Ollama model name is empty")
-        responses: list[httpx.Response] = []
-        client = _make_client(settings.get("host"), settings.get("timeout"), responses.append)
+        connections = _Connections()
+        client = _make_client(settings.get("host"), settings.get("timeout"), connections.watch)
         where = _base_url(client, settings.get("host"))
         options = _options(request.options, settings)
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
@@ -85,10 +85,10 @@ class OllamaBackend:
             chat_kwargs["keep_alive"] = settings["keep_alive"]
         finished = threading.Event()
         if cancel is not None:
-            # Ollama can be silent for a long time (loading a model): closing the client
-            # from here breaks the blocked read, and Ollama sees the disconnect.
+            # Ollama can be silent for a long time (loading a model): cutting the
+            # connection from here breaks the blocked read, and Ollama sees the disconnect.
             threading.Thread(
-                target=_close_when_cancelled, args=(cancel, finished, responses), daemon=True
+                target=_close_when_cancelled, args=(cancel, finished, connections), daemon=True
             ).start()
         try:
             # stream=True returns a generator (the stubs say Iterator): it can be closed.
@@ -135,26 +135,46 @@ class OllamaBackend:
             client.close()
 
 
+class _Connections:
+    """The sockets of one client's requests, as httpcore opens them (its ``trace``
+    extension, set by a request hook): they exist before any response does, so a Stop
+    can cut a request still waiting for its response headers (Ollama loading a model)."""
+
+    def __init__(self) -> None:
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def watch(self, request: httpx.Request) -> None:
+        request.extensions["trace"] = self._trace
+
+    def _trace(self, event: str, info: dict[str, Any]) -> None:
+        if event == "connection.connect_tcp.complete":
+            stream = info.get("return_value")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if sock is not None:
+                with self._lock:
+                    self._sockets.append(sock)
+
+    def cut(self) -> bool:
+        """Shut every socket down; False while none is open yet. Closing a socket does not
+        wake a read blocked on it in another thread; shutting it down does."""
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        return bool(sockets)
+
+
 def _close_when_cancelled(
-    cancel: threading.Event, finished: threading.Event, responses: list[httpx.Response]
+    cancel: threading.Event, finished: threading.Event, connections: _Connections
 ) -> None:
-    # Until Ollama sends its response headers (it does once the model is loaded and
-    # generating) there is no response to cut; keep watching until there is.
     while not finished.is_set():
         if not cancel.wait(0.1):
             continue
-        if not responses:
-            finished.wait(0.1)  # cancelled, no response yet: look again, without spinning
-            continue
-        for response in responses:
-            # Closing a socket does not wake a read blocked on it in another thread;
-            # shutting it down does.
-            stream = response.extensions.get("network_stream")
-            sock = stream.get_extra_info("socket") if stream is not None else None
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-        return
+        if connections.cut():
+            return
+        finished.wait(0.1)  # cancelled while connecting: look again, without spinning
 
 
 def list_models(host: str | None) -> list[dict[str, Any]]:
@@ -210,11 +230,11 @@ def _validate_settings(settings: dict[str, Any]) -> dict[str, Any]:
 def _make_client(
     host: str | None,
     timeout: float | None,
-    on_response: Callable[[httpx.Response], None] | None = None,
+    on_request: Callable[[httpx.Request], None] | None = None,
 ) -> ollama.Client:
     # host=None lets the client apply its own OLLAMA_HOST convention (and default port 11434).
     limits = httpx.Timeout(timeout or DEFAULT_READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
-    hooks = {"response": [on_response]} if on_response else {}
+    hooks = {"request": [on_request]} if on_request else {}
     # Never follow a redirect: a server could send the worker anywhere (cloud metadata).
     return ollama.Client(
         host=host or None, timeout=limits, event_hooks=hooks, follow_redirects=False
