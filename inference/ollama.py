@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
 import threading
@@ -147,8 +146,12 @@ class _Connections:
     def watch(self, request: httpx.Request) -> None:
         request.extensions["trace"] = self._trace
 
+    # Where httpcore hands over a new stream: the TCP connection, then (https) the TLS one
+    # wrapped around it, which detaches the first socket.
+    _OPENED = frozenset({"connection.connect_tcp.complete", "connection.start_tls.complete"})
+
     def _trace(self, event: str, info: dict[str, Any]) -> None:
-        if event == "connection.connect_tcp.complete":
+        if event in self._OPENED:
             stream = info.get("return_value")
             sock = stream.get_extra_info("socket") if stream is not None else None
             if sock is not None:
@@ -156,14 +159,19 @@ class _Connections:
                     self._sockets.append(sock)
 
     def cut(self) -> bool:
-        """Shut every socket down; False while none is open yet. Closing a socket does not
-        wake a read blocked on it in another thread; shutting it down does."""
+        """Shut the connection down; False while there is none to shut yet. Closing a
+        socket does not wake a read blocked on it in another thread; shutting it down
+        does."""
         with self._lock:
             sockets = list(self._sockets)
+        cut = False
         for sock in sockets:
-            with contextlib.suppress(OSError):
+            try:
                 sock.shutdown(socket.SHUT_RDWR)
-        return bool(sockets)
+                cut = True
+            except OSError:  # detached by TLS, or already closed
+                pass
+        return cut
 
 
 def _close_when_cancelled(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Iterator
@@ -285,6 +286,48 @@ def test_a_stop_before_the_response_headers_ends_the_call_at_once() -> None:
         for connection in held:
             connection.close()
         listener.close()
+
+
+def test_a_stop_cuts_an_https_connection_too(monkeypatch) -> None:
+    """Over https the TLS socket wraps the TCP one (and detaches it): Stop must cut the
+    one in use, or the call waits for the server."""
+    import ssl
+    import threading
+
+    import trustme
+
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    with ca.cert_pem.tempfile() as ca_path:
+        monkeypatch.setenv("SSL_CERT_FILE", ca_path)  # httpx trusts the test CA
+        listener = socket.create_server(("127.0.0.1", 0))
+        held: list[ssl.SSLSocket] = []
+
+        def accept() -> None:
+            raw, _ = listener.accept()
+            held.append(server_context.wrap_socket(raw, server_side=True))
+
+        threading.Thread(target=accept, daemon=True).start()
+        host = f"https://127.0.0.1:{listener.getsockname()[1]}"
+        cancel = threading.Event()
+        try:
+            stream = OllamaBackend().stream(make_request(host=host, timeout=30.0), cancel)
+            threading.Timer(0.5, cancel.set).start()
+            wall = time.monotonic()
+            assert list(stream) == []
+            wall = time.monotonic() - wall
+            assert wall < 2, f"the Stop waited {wall:.1f} s"
+            held[0].settimeout(5)
+            request = b""
+            with contextlib.suppress(ssl.SSLError, OSError):
+                while chunk := held[0].recv(65536):  # the request, then the end
+                    request += chunk
+            assert request.startswith(b"POST /api/chat ")
+        finally:
+            for connection in held:
+                connection.close()
+            listener.close()
 
 
 def test_unknown_setting_is_rejected(server: OllamaTestServer) -> None:
