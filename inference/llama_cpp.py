@@ -88,8 +88,8 @@ class LlamaCppBackend:
         self._lock = threading.Condition()
         # Least recently used first.
         self._loaded: OrderedDict[tuple[str, LlamaCppSettings], LoadedModel] = OrderedDict()
-        # Loads under way, outside the lock: they count as loaded for the limit.
-        self._loading: set[tuple[str, LlamaCppSettings]] = set()
+        # Loads under way, outside the lock, and their file sizes: they count as loaded.
+        self._loading: dict[tuple[str, LlamaCppSettings], int] = {}
         self.max_loaded = max(1, max_loaded)
 
     def batch_key(self, model: ModelSpec) -> Hashable:
@@ -105,6 +105,8 @@ class LlamaCppBackend:
     def _make_room(self, needed_bytes: int) -> bool:
         """Give up idle models, least recently used first, until one more fits; False while
         the models still answering (or being loaded) leave no room."""
+        # Loads under way have not taken their memory yet: count it as taken.
+        needed_bytes += sum(self._loading.values())
         for key, loaded in list(self._loaded.items()):
             memory = available_memory()
             if self._count() < self.max_loaded and (memory is None or memory > needed_bytes):
@@ -144,22 +146,25 @@ class LlamaCppBackend:
                 if key not in self._loading:
                     if not file.is_file():
                         raise BackendError(f"Model file not found: {file.name}", detail=path)
-                    if self._make_room(file.stat().st_size):
+                    size = file.stat().st_size
+                    if self._make_room(size):
                         break
                 if cancel is not None and cancel.is_set():
                     raise BackendError("Stopped while waiting for another model to finish.")
                 self._lock.wait(0.1)
-            self._loading.add(key)
+            self._loading[key] = size
+        model: LoadedModel | None = None
         try:
             model = self._open_with_format(file, parsed)
         finally:
             with self._lock:
-                self._loading.discard(key)
+                # In one step: a caller waiting for this load finds it loaded or not begun.
+                del self._loading[key]
+                if model is not None:
+                    model.leases = int(lease)
+                    self._loaded[key] = model
                 self._lock.notify_all()
-        with self._lock:
-            model.leases = int(lease)
-            self._loaded[key] = model
-            return model
+        return model
 
     def _open_with_format(self, file: Path, parsed: LlamaCppSettings) -> LoadedModel:
         config = EngineConfig(
