@@ -419,14 +419,18 @@ class BatchEngine:
         self._active.sort(key=lambda s: s.seq_id)
 
     def _refuse(self, sequence: _Sequence, exc: Exception) -> None:
-        """End a sequence that could not join; its id (if it took one) is free again."""
+        """End a sequence that could not join. Whatever id it had taken (the failure may
+        have come halfway through taking one, or moving cells) is free again, empty."""
         sequence.end(BackendError("llama.cpp could not start this answer.", detail=str(exc)))
-        if sequence.seq_id >= 0:
-            self._llama_cpp.llama_memory_seq_rm(self.context.memory, sequence.seq_id, -1, -1)
-            self._cached.pop(sequence.seq_id, None)
-            if sequence.seq_id not in self._free_ids:
-                self._free_ids.append(sequence.seq_id)
-            sequence.seq_id = -1
+        sequence.seq_id = -1
+        held = {s.seq_id for s in self._active} | set(self._free_ids)
+        for seq_id in range(self.config.n_seq_max):
+            if seq_id not in held:
+                self._cached.pop(seq_id, None)
+                try:
+                    self._llama_cpp.llama_memory_seq_rm(self.context.memory, seq_id, -1, -1)
+                finally:
+                    self._free_ids.append(seq_id)
 
     def _take_id(self, prompt: list[int]) -> tuple[int, int]:
         """A free sequence id for ``prompt``, and how many of its tokens that id's cells

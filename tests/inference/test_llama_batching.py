@@ -408,8 +408,8 @@ def test_a_reader_resting_between_texts_gets_the_end_at_once(gemma_path):
 
 
 def test_an_answer_that_cannot_join_fails_alone(gemma_path, monkeypatch):
-    """An error while an answer joins the batch (here its sampler chain) fails that
-    answer; the decode loop goes on with the others and takes later ones."""
+    """An error while an answer joins the batch (its sampler chain, its sequence id) fails
+    that answer; the decode loop goes on with the others and takes later ones."""
     backend = get_backend("llama_cpp")
     engine = backend.load(str(gemma_path), SETTINGS).engine
     running = backend.stream(request(gemma_path, max_tokens=40, seed=1))
@@ -422,8 +422,20 @@ def test_an_answer_that_cannot_join_fails_alone(gemma_path, monkeypatch):
         return make_sampler(options, *args, **kwargs)
 
     monkeypatch.setattr(engine, "_sampler", failing_for_seed_13)
-    with pytest.raises(BackendError, match="could not start this answer"):
-        answer(backend.stream(request(gemma_path, seed=13)))
+    for _ in range(SETTINGS["batch_size"] + 1):  # each failure gives its sequence id back
+        with pytest.raises(BackendError, match="could not start this answer"):
+            answer(backend.stream(request(gemma_path, seed=13)))
+    take_id = engine._take_id
+
+    def failing_after_taking_an_id(prompt):
+        take_id(prompt)
+        raise RuntimeError("no cells for you")
+
+    monkeypatch.setattr(engine, "_take_id", failing_after_taking_an_id)
+    for _ in range(SETTINGS["batch_size"] + 1):  # an id taken halfway comes back too
+        with pytest.raises(BackendError, match="could not start this answer"):
+            answer(backend.stream(request(gemma_path, seed=14)))
+    monkeypatch.setattr(engine, "_take_id", take_id)
     rest, finished = answer(running)
     assert finished.reason == "length"
     assert finished.usage.completion_tokens == 40
