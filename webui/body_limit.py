@@ -16,6 +16,11 @@ from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
 ASGIApp = Any  # Django's and Channels' applications, called as app(scope, receive, send)
 
+# A refused body up to this much over the cap is read and dropped before the 413 goes out:
+# a server that answers and closes with the body unread resets the connection, and a
+# browser then shows a network error instead of the answer. Bigger ones are not read.
+DRAIN_BYTES = 64 * 1024 * 1024
+
 
 def _declared_length(scope: Scope) -> int | None:
     for name, value in scope.get("headers", []):
@@ -25,6 +30,13 @@ def _declared_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+async def _drain(receive: ASGIReceiveCallable) -> None:
+    while True:
+        message: Any = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
 
 
 class BodySizeLimit:
@@ -56,7 +68,9 @@ class BodySizeLimit:
             return
         declared = _declared_length(scope)
         if declared is not None and declared > self.max_bytes:
-            await self._refuse(send)  # not a byte of it read
+            if declared <= self.max_bytes + DRAIN_BYTES:
+                await _drain(receive)
+            await self._refuse(send)  # nothing of it stored
             return
         received = 0
         refused = False

@@ -274,3 +274,12 @@ def test_imports_per_person_are_limited_per_hour(client, alice, bob):
     )
     client.force_login(alice)
     assert upload(client, raw).status_code == 302
+
+
+@override_settings(CORRAL={"MAX_IMPORTS_PER_HOUR": 0})
+def test_imports_can_be_turned_off(client, alice):
+    client.force_login(alice)
+    refused = upload(client, json.dumps({"messages": [VALID_MESSAGE]}))
+    assert refused.status_code == 403
+    assert "Importing conversations is turned off on this server." in refused.content.decode()
+    assert not Conversation.objects.exists()

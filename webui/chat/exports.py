@@ -9,6 +9,7 @@ file creates nothing.
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -56,14 +57,22 @@ def max_imports_per_hour() -> int:
 
 
 def _check_import_rate(user: AbstractBaseUser) -> None:
-    """At most ``max_imports_per_hour`` imports in any hour: each one writes up to
-    MAX_IMPORT_MESSAGES rows, so unbounded imports would fill the database."""
+    """At most ``max_imports_per_hour`` imports kept from any hour (0: imports are off):
+    each writes up to MAX_IMPORT_MESSAGES rows, so unbounded imports would fill the
+    database."""
     limit = max_imports_per_hour()
-    since = timezone.now() - timedelta(hours=1)
-    recent = Conversation.objects.filter(owner=user, imported_at__gte=since)
-    if recent.count() >= limit:
-        oldest = recent.order_by("imported_at").values_list("imported_at", flat=True)[0]
-        wait = max(1, int((oldest + timedelta(hours=1) - timezone.now()).total_seconds() // 60) + 1)
+    if limit <= 0:
+        raise ImportRejected(["Importing conversations is turned off on this server."], 403)
+    now = timezone.now()
+    recent = list(
+        Conversation.objects.filter(owner=user, imported_at__gte=now - timedelta(hours=1))
+        .order_by("-imported_at")
+        .values_list("imported_at", flat=True)[:limit]
+    )
+    if len(recent) >= limit:
+        # The limit-th newest import leaves the hour first among those that count.
+        frees_at = recent[limit - 1] + timedelta(hours=1)
+        wait = max(1, math.ceil((frees_at - now).total_seconds() / 60))
         raise ImportRejected(
             [f"You imported {limit} conversations in the last hour; try again in {wait} min."],
             status=429,
