@@ -302,7 +302,7 @@ def estimated_prompt_tokens(request: GenerationRequest) -> int:
     return -(-chars // CHARS_PER_TOKEN)
 
 
-def _ending_landed(answer: Message, status: str, text: str) -> bool:
+def _ending_landed(answer: Message, status: str, error: str, text: str) -> bool:
     """Whether the row already holds this attempt's ending: the connection dropped after
     COMMIT reached the database but before its answer came back, so the retry found
     nothing left to change. Its usage was recorded in that transaction; the clients'
@@ -310,7 +310,7 @@ def _ending_landed(answer: Message, status: str, text: str) -> bool:
     try:
         landed = until_database_returns(
             lambda: Message.objects.filter(
-                pk=answer.pk, attempts=answer.attempts, status=status, content=text
+                pk=answer.pk, attempts=answer.attempts, status=status, error=error, content=text
             ).exists()
         )
         if landed:
@@ -369,7 +369,7 @@ def _save_outcome(
         # continues it (or runs it again) once the database is back.
         logger.error("answer %s: could not save its ending", answer.pk, exc_info=True)
         return answer
-    if not saved and not _ending_landed(answer, status, stream.text):
+    if not saved and not _ending_landed(answer, status, error, stream.text):
         # Reaped (re-queued, maybe re-claimed) or deleted while it ran: the row is another
         # attempt's now, and so is its stop flag.
         return _drop_attempt(answer)
