@@ -113,6 +113,10 @@ REAP_INTERVAL_S: float = env.float("CORRAL_REAP_INTERVAL_S", 5)
 # How long a worker keeps a finished answer's outcome (and the answers it runs) while the
 # database is unreachable, retrying, before it lets the reaper deal with them.
 DB_OUTAGE_S: float = env.float("CORRAL_DB_OUTAGE_S", 120)
+# PostgreSQL: how long a connection may go unanswered (a network cut, a server gone without
+# closing it) before it counts as broken and the outage handling above takes over; without
+# it a query on a cut connection waits for the kernel's TCP give-up, about 15 minutes.
+DB_NETWORK_TIMEOUT_S: int = env.int("CORRAL_DB_NETWORK_TIMEOUT_S", 10)
 # Queue places go out per pool at most this often, however many changes happen.
 QUEUE_EVENT_INTERVAL_S: float = env.float("CORRAL_QUEUE_EVENT_INTERVAL_S", 0.5)
 

@@ -83,6 +83,21 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 30,
     }
     DATABASES["default"]["TEST"] = {"NAME": str(config.DATA_DIR / "test_corral.sqlite3")}
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # libpq's own timeouts (a DATABASE_URL's query parameters win): a cut connection fails
+    # within CORRAL_DB_NETWORK_TIMEOUT_S, so heartbeats, checkpoints and endings retry on a
+    # new one instead of hanging.
+    _timeout = config.DB_NETWORK_TIMEOUT_S
+    _options = DATABASES["default"].setdefault("OPTIONS", {})
+    for _name, _value in {
+        "connect_timeout": max(2, _timeout),
+        "keepalives": 1,
+        "keepalives_idle": max(1, _timeout // 2),
+        "keepalives_interval": max(1, _timeout // 6),
+        "keepalives_count": 3,
+        "tcp_user_timeout": _timeout * 1000,
+    }.items():
+        _options.setdefault(_name, _value)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
