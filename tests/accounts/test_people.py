@@ -119,6 +119,17 @@ def test_an_invite_dies_with_its_creators_rights(client, admin, alice, django_us
     # Another admin's invites are untouched.
     _, token = invites.create_invite(created_by=admin, role="admin")
     assert _signup(client, f"/invite/{token}/", "ann").status_code == 302
+    # A deleted admin's kept links die with the account.
+    client.logout()  # signed in as ann
+    gone = django_user_model.objects.create_user("root3", password="x", is_staff=True)
+    _, kept_admin = invites.create_invite(created_by=gone, role="admin")
+    _, kept_user = invites.create_invite(created_by=gone)
+    assert client.get(f"/invite/{kept_admin}/").status_code == 200
+    gone.delete()
+    for token in (kept_admin, kept_user):
+        assert client.get(f"/invite/{token}/").status_code == 404
+        assert _signup(client, f"/invite/{token}/", "rogue2").status_code == 404
+    assert not get_user_model().objects.filter(username="rogue2").exists()
 
 
 def test_invited_people_wait_for_approval_in_approval_mode(client, admin):

@@ -45,14 +45,16 @@ def create_invite(
 
 def usable_invites():
     """Unused, unrevoked, unexpired invites whose creator could still make them: a
-    deactivated admin's links stop working, and a demoted admin's admin invites."""
+    deactivated or deleted admin's links stop working, and a demoted admin's admin
+    invites."""
     people = get_user_model().objects
     return (
         Invite.objects.filter(
             used_at__isnull=True, revoked_at__isnull=True, expires_at__gt=timezone.now()
         )
-        # Subqueries, not joins: sign-up locks these rows (FOR UPDATE).
-        .exclude(created_by_id__in=people.filter(is_active=False).values("pk"))
+        # Subqueries, not joins: sign-up locks these rows (FOR UPDATE). A deleted creator
+        # leaves NULL, which no subquery matches.
+        .filter(created_by_id__in=people.filter(is_active=True).values("pk"))
         .exclude(role=Role.ADMIN, created_by_id__in=people.filter(is_staff=False).values("pk"))
     )
 
