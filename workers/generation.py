@@ -347,11 +347,14 @@ def _save_outcome(
     if finished is not None:
         fields["prompt_tokens"] = finished.usage.prompt_tokens
         fields["completion_tokens"] = finished.usage.completion_tokens
-    elif stream.chunks:  # stopped or failed mid-stream: a chunk is about one token
-        fields["completion_tokens"] = stream.chunks
-        # Its prompt was read too: it counts against quotas, or stopping an answer just
-        # before its end would make every prompt free.
-        fields["prompt_tokens"] = stream.prompt_estimate
+    else:
+        if stream.chunks:  # stopped or failed mid-stream: a chunk is about one token
+            fields["completion_tokens"] = stream.chunks
+        if stream.chunks or status == Message.Status.STOPPED:
+            # Its prompt was read (or was being read) too: it counts against quotas, or
+            # stopping answers before their end, or before their first token, would make
+            # every prompt free.
+            fields["prompt_tokens"] = stream.prompt_estimate
     if stream.first_token is not None:
         fields["time_to_first_token_ms"] = int((stream.first_token - stream.started) * 1000)
         generating_s = ended - stream.first_token

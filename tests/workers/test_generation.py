@@ -12,7 +12,7 @@ from channels.layers import get_channel_layer
 
 from tests.chat.conftest import UNSERVED_POOL
 from tests.ollama_server import OllamaTestServer
-from webui.chat import services, stop_flags, streams
+from webui.chat import redis_client, services, stop_flags, streams
 from webui.chat.models import AnswerRecord, LanguageModel, Message
 from workers.generation import run_next
 
@@ -101,24 +101,28 @@ def test_an_answer_kept_by_the_reaper_continues_where_it_stopped(alice, gemma):
 
 
 def test_stop_flag_halts_generation_and_keeps_partial_text(alice, gemma):
-    # The model loaded first (as an earlier test leaves it): a first chunk then arrives
-    # before the worker's first look at the flag.
-    services.send_message(user=alice, conversation_id=None, text="Hi.", model_id=gemma.pk)
-    run_next(UNSERVED_POOL, worker="test")
     gemma.parameters = {**gemma.parameters, "max_tokens": 400}
     gemma.save()
     _, _, answer = services.send_message(
         user=alice, conversation_id=None, text="Write a long story.", model_id=gemma.pk
     )
-    stop_flags.request_stop(answer.pk, attempt=1)  # the attempt the worker is about to make
-    started = time.monotonic()
+
+    def stop_after_the_first_delta() -> None:
+        deadline = time.monotonic() + 60  # a model load included
+        replay = streams.replay_key(answer.pk, 1)  # the attempt the worker is about to make
+        while not redis_client.shared().llen(replay) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        stop_flags.request_stop(answer.pk, attempt=1)
+
+    stopper = threading.Thread(target=stop_after_the_first_delta)
+    stopper.start()
     run_next(UNSERVED_POOL, worker="test")
+    stopper.join()
     answer.refresh_from_db()
     assert answer.status == Message.Status.STOPPED
     assert answer.error == "Stopped by the user."
     assert answer.content  # the first chunk was kept
     assert answer.completion_tokens < 100  # halted within a stop poll (0.25 s), not at 400
-    assert time.monotonic() - started < 5
     assert not stop_flags.stop_requested(answer.pk, 1)
     # Its prompt was read: it counts (estimated) in the usage quotas read, or stopping an
     # answer before its end would make every prompt free.
@@ -261,3 +265,20 @@ def test_an_ending_whose_commit_acknowledgement_was_lost_counts_as_saved(alice, 
     conversation = Conversation.objects.get(pk=answer.conversation_id)
     assert conversation.title_status == TitleStatus.PENDING
     assert AnswerRecord.objects.filter(answer_id=answer.pk).count() == 1
+
+
+def test_an_answer_stopped_before_its_first_token_still_counts_its_prompt(alice, gemma):
+    """Stopping every answer while its prompt is read must not make prompts free."""
+    from workers import claims, generation
+
+    question = "Summarize the history of rivers. " * 20
+    services.send_message(user=alice, conversation_id=None, text=question, model_id=gemma.pk)
+    answer = claims.claim_next(UNSERVED_POOL, "test")
+    stopped = threading.Event()
+    stopped.set()  # Stop pressed before anything came back
+    answer = generation.generate(answer, stopped)
+    answer.refresh_from_db()
+    assert answer.status == Message.Status.STOPPED and answer.content == ""
+    assert answer.prompt_tokens >= len(question) // 4
+    record = AnswerRecord.objects.get(answer=answer)
+    assert record.prompt_tokens == answer.prompt_tokens
