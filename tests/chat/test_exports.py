@@ -11,7 +11,13 @@ from django.test import override_settings
 from django.urls import reverse
 
 from webui.chat import exports
-from webui.chat.models import Conversation, LanguageModel, Message, TitleStatus
+from webui.chat.models import (
+    Conversation,
+    ConversationImport,
+    LanguageModel,
+    Message,
+    TitleStatus,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -265,12 +271,15 @@ def test_imports_per_person_are_limited_per_hour(client, alice, bob):
         refused.content.decode()
     )
     assert Conversation.objects.filter(owner=alice).count() == 2
+    # Deleting them makes no room: each import wrote its rows all the same.
+    Conversation.objects.filter(owner=alice).delete()
+    assert upload(client, raw).status_code == 429
     client.force_login(bob)
     assert upload(client, raw).status_code == 302
     # An hour after the first, one more is allowed.
-    first = Conversation.objects.filter(owner=alice).order_by("pk").first()
-    Conversation.objects.filter(pk=first.pk).update(
-        imported_at=first.imported_at - timedelta(hours=1, seconds=1)
+    first = ConversationImport.objects.filter(owner=alice).order_by("pk").first()
+    ConversationImport.objects.filter(pk=first.pk).update(
+        created_at=first.created_at - timedelta(hours=1, seconds=1)
     )
     client.force_login(alice)
     assert upload(client, raw).status_code == 302

@@ -26,7 +26,13 @@ from inference import SamplingOptions
 from webui import config
 from webui.chat import selectors
 from webui.chat.conversation_settings import validate_parameters
-from webui.chat.models import Conversation, Message, TitleStatus, storable_text
+from webui.chat.models import (
+    Conversation,
+    ConversationImport,
+    Message,
+    TitleStatus,
+    storable_text,
+)
 
 FORMAT = "corral.conversation"
 VERSION = 1
@@ -57,7 +63,7 @@ def max_imports_per_hour() -> int:
 
 
 def _check_import_rate(user: AbstractBaseUser) -> None:
-    """At most ``max_imports_per_hour`` imports kept from any hour (0: imports are off):
+    """At most ``max_imports_per_hour`` imports in any hour (0: imports are off):
     each writes up to MAX_IMPORT_MESSAGES rows, so unbounded imports would fill the
     database."""
     limit = max_imports_per_hour()
@@ -65,9 +71,9 @@ def _check_import_rate(user: AbstractBaseUser) -> None:
         raise ImportRejected(["Importing conversations is turned off on this server."], 403)
     now = timezone.now()
     recent = list(
-        Conversation.objects.filter(owner=user, imported_at__gte=now - timedelta(hours=1))
-        .order_by("-imported_at")
-        .values_list("imported_at", flat=True)[:limit]
+        ConversationImport.objects.filter(owner=user, created_at__gte=now - timedelta(hours=1))
+        .order_by("-created_at")
+        .values_list("created_at", flat=True)[:limit]
     )
     if len(recent) >= limit:
         # The limit-th newest import leaves the hour first among those that count.
@@ -274,8 +280,8 @@ def import_conversation(user: AbstractBaseUser, raw: bytes) -> Conversation:
             system_prompt=data.system_prompt,
             parameters=parameters,
             model=model,
-            imported_at=timezone.now(),
         )
+        ConversationImport.objects.create(owner=user, conversation=conversation)
         rows = [
             Message(
                 conversation=conversation,

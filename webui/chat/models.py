@@ -84,8 +84,6 @@ class Conversation(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
-    # Set when it came from an exported file: imports per person are counted by it.
-    imported_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-updated_at"]
@@ -163,6 +161,23 @@ class Message(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in self.ACTIVE
+
+
+class ConversationImport(models.Model):
+    """One conversation file imported. Kept when the conversation is deleted: the hourly
+    import limit counts these, so deleting imports does not make room for more."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    conversation = models.ForeignKey(
+        Conversation, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["owner", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"import by {self.owner_id} at {self.created_at:%Y-%m-%d %H:%M}"
 
 
 class SharedLink(models.Model):
