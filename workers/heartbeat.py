@@ -65,7 +65,11 @@ class Heartbeat:
 
     def _watch(self) -> None:
         while not self._stop.wait(STOP_POLL_S):
-            if stop_flags.stop_requested(self.answer.pk, self.answer.attempts):
+            pk, attempt = self.answer.pk, self.answer.attempts
+            if stop_flags.stop_requested(pk, attempt):
+                self.cancelled.set()
+            elif stop_flags.revoked(pk, attempt):
+                self.lost = True  # the reaper has it: nothing more of this attempt is saved
                 self.cancelled.set()
             if time.monotonic() > self._deadline:
                 self.timed_out = True

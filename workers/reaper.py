@@ -50,7 +50,7 @@ def reap_stale(now: datetime | None = None) -> list[int]:
     stale = Message.objects.filter(is_stale, status=Message.Status.RUNNING).select_related("model")
     reaped = []
     for answer in stale:
-        lost_worker = answer.worker
+        lost_worker, attempt = answer.worker, answer.attempts
         # Still this attempt and still stale (a late beat saves it). Not an equality on
         # heartbeat_at: SQLite keeps Now() and Python datetimes in two text forms.
         same_attempt = is_stale & Q(status=Message.Status.RUNNING, attempts=answer.attempts)
@@ -76,6 +76,13 @@ def reap_stale(now: datetime | None = None) -> list[int]:
                 **_delivered(answer),
             )
         if changed:
+            stop_flags.revoke(answer.pk, attempt)
+            if answer.status == Message.Status.QUEUED and stop_flags.stop_requested(
+                answer.pk, attempt
+            ):
+                # Stop was pressed after the look above, and saw the attempt still
+                # running (this re-queue not committed yet): it is ours to honour.
+                end_queued(answer, Message.Status.STOPPED, "Stopped by the user.")
             reaped.append(answer.pk)
             if answer.model is not None:
                 _publish_queue_after_commit(answer.model.pool)

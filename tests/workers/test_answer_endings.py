@@ -103,6 +103,57 @@ def test_stop_is_not_lost_when_the_reaper_requeues_after_checking_for_it(alice, 
     assert claims.claim_next(UNSERVED_POOL, worker="next") is None  # nothing left to run
 
 
+def test_stop_is_not_lost_when_it_reads_the_row_before_the_reaper_commits(
+    alice, gemma, monkeypatch
+):
+    """The reaper looks for a flag (none), Stop flags the attempt and reads the row still
+    running (the re-queue not committed yet) and returns: the reaper must honour the flag
+    once its re-queue is in, not leave the answer to run again."""
+    _, _, answer = services.send_message(
+        user=alice, conversation_id=None, text="hi", model_id=gemma.pk
+    )
+    claimed = claims.claim_next(UNSERVED_POOL, worker="dying")
+    Message.objects.filter(pk=claimed.pk).update(
+        heartbeat_at=timezone.now() - timedelta(seconds=config.HEARTBEAT_STALE_S + 5)
+    )
+    real_stop_requested = stop_flags.stop_requested
+    looks = []
+
+    def stop_pressed_right_after_the_look(message_id, attempt):
+        flagged = real_stop_requested(message_id, attempt)
+        if not looks:  # Stop lands between the reaper's look and its re-queue
+            stop_flags.request_stop(message_id, attempt)
+        looks.append(flagged)
+        return flagged
+
+    monkeypatch.setattr(reaper.stop_flags, "stop_requested", stop_pressed_right_after_the_look)
+    try:
+        assert reaper.reap_stale() == [claimed.pk]
+    finally:
+        stop_flags.clear(claimed.pk, 1)
+    answer.refresh_from_db()
+    assert looks[0] is False
+    assert answer.status == Message.Status.STOPPED and answer.error == "Stopped by the user."
+    assert claims.claim_next(UNSERVED_POOL, worker="next") is None  # nothing left to run
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_attempt_the_reaper_took_stops_even_without_the_database(alice, gemma, monkeypatch):
+    """A worker cut off from the database (not from Redis) goes on streaming: once the
+    reaper re-queues its answer, its stop watch cancels it within a poll, so readers are
+    not shown text the answer no longer has."""
+    monkeypatch.setattr(config, "HEARTBEAT_INTERVAL_S", 3600)  # it cannot beat
+    answer = running(queued(alice, gemma), heartbeat_age_s=config.HEARTBEAT_STALE_S + 5)
+    stop_flags.clear(answer.pk, answer.attempts)  # an earlier test's row of the same id
+    with Heartbeat(answer) as heartbeat:
+        time.sleep(0.3)
+        assert not heartbeat.cancelled.is_set()
+        assert reaper.reap_stale() == [answer.pk]
+        assert heartbeat.cancelled.wait(timeout=1), "the old attempt went on"
+        assert heartbeat.lost and not heartbeat.timed_out
+    assert Message.objects.get(pk=answer.pk).status == Message.Status.QUEUED
+
+
 class FailsWhenCancelled:
     """A backend whose upstream read fails once its connection is cut, as an HTTP client
     does when the stream it reads is closed under it."""

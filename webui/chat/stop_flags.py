@@ -22,6 +22,10 @@ def _key(message_id: int, attempt: int) -> str:
     return f"corral:stop:{message_id}:{attempt}"
 
 
+def _revoked_key(message_id: int, attempt: int) -> str:
+    return f"corral:revoked:{message_id}:{attempt}"
+
+
 def request_stop(message_id: int, attempt: int) -> None:
     redis_client.shared().set(_key(message_id, attempt), 1, ex=_TTL_S)
 
@@ -36,6 +40,23 @@ def stop_requested(message_id: int, attempt: int) -> bool:
 
 def clear(message_id: int, attempt: int) -> None:
     try:
-        redis_client.shared().delete(_key(message_id, attempt))
+        redis_client.shared().delete(_key(message_id, attempt), _revoked_key(message_id, attempt))
     except redis.RedisError:
         logger.warning("cannot clear the stop flag of answer %s", message_id, exc_info=True)
+
+
+def revoke(message_id: int, attempt: int) -> None:
+    """The reaper took the answer from this attempt (re-queued or ended it): a worker
+    still running it, cut off from the database but not from Redis, stops within a poll
+    instead of streaming text the answer no longer has."""
+    try:
+        redis_client.shared().set(_revoked_key(message_id, attempt), 1, ex=_TTL_S)
+    except redis.RedisError:
+        logger.warning("cannot revoke attempt %s of answer %s", attempt, message_id, exc_info=True)
+
+
+def revoked(message_id: int, attempt: int) -> bool:
+    try:
+        return bool(redis_client.shared().exists(_revoked_key(message_id, attempt)))
+    except redis.RedisError:
+        return False
