@@ -123,6 +123,11 @@ class Delta:
         }
 
 
+# How long one event may take to reach the channel layer before it is dropped (a hint:
+# clients resync from the database).
+PUBLISH_TIMEOUT_S = 2.0
+
+
 class _Sender:
     """A daemon thread with its own event loop and one ordered queue of events."""
 
@@ -170,16 +175,24 @@ class _Sender:
                         pipe.rpush(key, entry)
                         pipe.expire(key, REPLAY_TTL_S)
                         await pipe.execute()
-                    await layer.group_send(group_name(delta.conversation_id), delta.as_event())
+                    await self._group_send(
+                        layer, group_name(delta.conversation_id), delta.as_event()
+                    )
                 else:
                     group, event = payload
-                    await layer.group_send(group, event)
+                    await self._group_send(layer, group, event)
             except Exception:  # a hint was lost; clients resync from the database
                 logger.warning("could not publish %s", kind, exc_info=True)
             finally:
                 with self._done:
                     self._pending -= 1
                     self._done.notify_all()
+
+    @staticmethod
+    async def _group_send(layer: Any, group: str, event: Any) -> None:
+        # The channel layer's connections have no read timeout: a Redis that accepts and
+        # never answers would hold every later event of this process behind this one.
+        await asyncio.wait_for(layer.group_send(group, event), PUBLISH_TIMEOUT_S)
 
     def submit(self, kind: str, payload: Any) -> None:
         self._start()
