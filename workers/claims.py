@@ -9,6 +9,7 @@ Celery message can never lose an answer or make a second one.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 
 from django.db.models import F, Q
@@ -16,6 +17,8 @@ from django.db.models.functions import Now
 
 from webui.chat import queue, streams, wakeups
 from webui.chat.models import Message
+
+logger = logging.getLogger("corral.claims")
 
 
 def claim_next(
@@ -56,9 +59,37 @@ def claim_in_order(
             attempts=F("attempts") + 1,
             version=F("version") + 1,
         )
-        if claimed and (answer := _load(answer.pk)) is not None:  # else taken first: next
-            streams.reset_replay(answer.pk, answer.attempts)
-            yield answer
+        if not claimed:
+            continue  # taken first: next
+        try:
+            loaded = _load(answer.pk)
+            if loaded is None:
+                continue  # deleted meanwhile
+            streams.reset_replay(loaded.pk, loaded.attempts)
+        except Exception:
+            give_back(answer.pk, worker)
+            raise
+        yield loaded
+
+
+def give_back(pk: int, worker: str) -> bool:
+    """Undo a claim whose answer this worker could not start: queued again as it was,
+    the attempt not spent (else it waits for the reaper and, at its last attempt, fails
+    as "Worker lost" though nothing ran it). Best effort: with the database down, the
+    reaper deals with it."""
+    try:
+        return bool(
+            Message.objects.filter(pk=pk, status=Message.Status.RUNNING, worker=worker).update(
+                status=Message.Status.QUEUED,
+                attempts=F("attempts") - 1,
+                worker="",
+                heartbeat_at=None,
+                version=F("version") + 1,
+            )
+        )
+    except Exception:
+        logger.warning("answer %s: could not give it back to the queue", pk, exc_info=True)
+        return False
 
 
 def _load(pk: int) -> Message | None:

@@ -23,7 +23,7 @@ from webui import config
 from webui.chat import queue, wakeups, warm_routing
 from webui.chat.models import Message
 from workers import generation, titles
-from workers.claims import claim_in_order, wake_follow_ups
+from workers.claims import claim_in_order, give_back, wake_follow_ups
 from workers.doorbell import Doorbell
 from workers.heartbeat import Heartbeat
 from workers.outages import DATABASE_DOWN
@@ -190,7 +190,11 @@ def _claim_and_run(slots: Slots, linger_s: float) -> int:
             if queued and slots.has_room():
                 for answer in claim_in_order(pool, worker, fits=slots.fits):
                     slots.give_way.set()  # a title being written stops for it
-                    slots.start(answer)
+                    try:
+                        slots.start(answer)
+                    except Exception:
+                        give_back(answer.pk, worker)
+                        raise
                     served += 1
                     started = True
                     # Full; or an answer was sent (it may come first in the fair order)
@@ -209,6 +213,14 @@ def _claim_and_run(slots: Slots, linger_s: float) -> int:
             # Read again: this pass may have started answers before the error.
             if not slots.running() and time.monotonic() - down_since > config.DB_OUTAGE_S:
                 return served  # the reaper wakes the pool once the database is back
+            slots.changed.wait(DOWN_POLL_S)
+            continue
+        except Exception:
+            # Claiming or starting failed (the claim was given back): the answers running
+            # still need this loop; with none, end and let a wake-up come again.
+            logger.exception("pool %s: could not claim or start an answer", pool)
+            if not slots.running():
+                return served
             slots.changed.wait(DOWN_POLL_S)
             continue
         if queued and running and time.monotonic() >= next_call_for_help:

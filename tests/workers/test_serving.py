@@ -286,3 +286,46 @@ def test_answers_streaming_together_share_the_process_delta_budget(alice, monkey
         assert "".join(d["text"] for d in deltas) == words  # every word, once, in order
         counts[answer.pk] = len(deltas)
     assert max(counts[a.pk] for a in together) < counts[alone.pk]
+
+
+def test_an_answer_that_could_not_be_started_goes_back_to_the_queue(alice, gemma, monkeypatch):
+    """The claim went in, then starting the answer failed: it is queued again with its
+    attempt not spent (not left running with no thread until the reaper fails it), and
+    the next pass runs it."""
+    gemma.parameters = {**gemma.parameters, "max_tokens": 8}
+    gemma.save()
+    (answer,) = send(alice, gemma, 1)
+    real_start = serving.Slots.start
+    starts = []
+
+    def fails_once(self, message):
+        starts.append(message.pk)
+        if len(starts) == 1:
+            raise RuntimeError("could not start a thread")
+        return real_start(self, message)
+
+    monkeypatch.setattr(serving.Slots, "start", fails_once)
+    assert serve(UNSERVED_POOL, worker="test") == 0  # the failure ended the pass
+    row = Message.objects.get(pk=answer.pk)
+    assert (row.status, row.attempts, row.worker) == (Message.Status.QUEUED, 0, "")
+    assert serve(UNSERVED_POOL, worker="test") == 1
+    row.refresh_from_db()
+    assert row.status == Message.Status.DONE and row.attempts == 1
+
+
+def test_a_claim_that_fails_halfway_is_given_back(alice, gemma, monkeypatch):
+    """Redis failed right after the claim (clearing the attempt's replay buffer): the
+    answer is queued again as it was."""
+    import redis
+
+    from workers import claims
+
+    (answer,) = send(alice, gemma, 1)
+
+    def redis_down(message_id, attempt):
+        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379.")
+
+    monkeypatch.setattr(claims.streams, "reset_replay", redis_down)
+    assert serve(UNSERVED_POOL, worker="test") == 0
+    row = Message.objects.get(pk=answer.pk)
+    assert (row.status, row.attempts, row.worker) == (Message.Status.QUEUED, 0, "")
