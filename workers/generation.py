@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -157,6 +158,8 @@ class AnswerStream:
     checkpoint_failing: bool = False
     # What the prompt is counted as when no usage record comes (stopped or failed).
     prompt_estimate: int = 0
+    # Writes checkpoints off this thread (the heartbeat's); None: written here.
+    saver: Callable[[str, int], None] | None = None
 
     def add(self, chunk: str) -> bool:
         """Append a chunk; return True when the caller should flush now."""
@@ -193,6 +196,9 @@ class AnswerStream:
         """Save the text delivered so far. While the database is down the answer goes on
         (its deltas travel through Redis) and the next flush tries again."""
         self._last_checkpoint = time.monotonic()
+        if self.saver is not None:
+            self.saver(self.text[: self.flushed_chars], self.seq)
+            return
         try:
             # Text and seq move together: a reconnecting client adds the deltas after seq.
             saved = Message.objects.filter(still_ours(self.answer)).update(
@@ -247,7 +253,11 @@ def generate(
     streams.publish_message(answer)
     # A continued answer starts from its checkpoint: same text, seq counting on.
     stream = AnswerStream(
-        answer, text=answer.content, seq=answer.seq, flushed_chars=len(answer.content)
+        answer,
+        text=answer.content,
+        seq=answer.seq,
+        flushed_chars=len(answer.content),
+        saver=heartbeat.checkpoint if heartbeat is not None else None,
     )
     finished: Finished | None = None
     status, error = Message.Status.DONE, ""
@@ -268,6 +278,8 @@ def generate(
                         stream.flush()
         finally:
             items.close()  # closes the upstream stream (llama.cpp loop or HTTP response)
+        if heartbeat is not None and heartbeat.lost:
+            raise LostOwnership  # a beat or the reaper found it taken: nothing more is ours
         stream.flush()
         if cancelled.is_set():
             status, error = Message.Status.STOPPED, _why_stopped(heartbeat)

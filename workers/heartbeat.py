@@ -41,6 +41,11 @@ class Heartbeat:
         self.lost = False
         self._deadline = time.monotonic() + config.MAX_GENERATION_S
         self._stop = threading.Event()
+        # The latest checkpoint (text, seq) not yet written, and what wakes the beating
+        # thread for it (or for the end).
+        self._checkpoint: tuple[str, int] | None = None
+        self._checkpoint_lock = threading.Lock()
+        self._wake = threading.Event()
         self._threads = [
             threading.Thread(target=self._watch, name="corral-stop-watch", daemon=True),
             threading.Thread(target=self._beat, name="corral-heartbeat", daemon=True),
@@ -53,11 +58,32 @@ class Heartbeat:
 
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
+        self._wake.set()
         watcher, beater = self._threads
         watcher.join(timeout=5)
         # A beat waiting on the database ends by itself once it returns (the row is no
         # longer this attempt's to write by then): the answer's end does not wait for it.
         beater.join(timeout=0.5)
+
+    def checkpoint(self, text: str, seq: int) -> None:
+        """Save the answer's delivered ``text`` (up to delta ``seq``) with the next beat,
+        which is due now: written from the beating thread, so a database that makes the
+        write wait (a locked row, a cut connection) never holds up the tokens, Stop or
+        the time limit. A newer checkpoint replaces one not yet written."""
+        with self._checkpoint_lock:
+            self._checkpoint = (text, seq)
+        self._wake.set()
+
+    def _take_checkpoint(self) -> tuple[str, int] | None:
+        with self._checkpoint_lock:
+            taken, self._checkpoint = self._checkpoint, None
+        return taken
+
+    def _keep_checkpoint(self, checkpoint: tuple[str, int]) -> None:
+        """A checkpoint whose write failed waits for the next beat, unless a newer came."""
+        with self._checkpoint_lock:
+            if self._checkpoint is None:
+                self._checkpoint = checkpoint
 
     @property
     def beating(self) -> bool:
@@ -82,20 +108,35 @@ class Heartbeat:
                     self._first()
                 except Exception:
                     logger.warning("could not publish the queue", exc_info=True)
-            while not self._stop.wait(config.HEARTBEAT_INTERVAL_S):
+            next_beat = time.monotonic() + config.HEARTBEAT_INTERVAL_S
+            while True:
+                self._wake.wait(max(0.0, next_beat - time.monotonic()))
+                self._wake.clear()
+                if self._stop.is_set():
+                    return
+                checkpoint = self._take_checkpoint()
+                if checkpoint is None and time.monotonic() < next_beat:
+                    continue
                 if time.monotonic() > self._deadline + config.HEARTBEAT_STALE_S:
                     # Past the time limit and still not ended: the backend call hangs.
                     # Silence lets the reaper end the answer.
                     logger.warning("answer %s hangs past its time limit", self.answer.pk)
                     return
+                fields: dict[str, object] = {"heartbeat_at": Now()}
+                if checkpoint is not None:
+                    # Text and seq move together: a reconnecting client adds the deltas
+                    # after seq.
+                    fields["content"], fields["seq"] = checkpoint
                 try:  # a failed beat (a locked or restarting database) must not end them
-                    beat = Message.objects.filter(still_ours(self.answer)).update(
-                        heartbeat_at=Now()
-                    )
+                    beat = Message.objects.filter(still_ours(self.answer)).update(**fields)
                 except Exception:
                     logger.warning("heartbeat of answer %s failed", self.answer.pk, exc_info=True)
                     close_old_connections()
+                    if checkpoint is not None:
+                        self._keep_checkpoint(checkpoint)
+                    next_beat = time.monotonic() + config.HEARTBEAT_INTERVAL_S
                     continue
+                next_beat = time.monotonic() + config.HEARTBEAT_INTERVAL_S
                 if not beat:
                     # Reaped, stopped or deleted: this attempt is not ours to write any more.
                     self.lost = True

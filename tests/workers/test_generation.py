@@ -282,3 +282,50 @@ def test_an_answer_stopped_before_its_first_token_still_counts_its_prompt(alice,
     assert answer.prompt_tokens >= len(question) // 4
     record = AnswerRecord.objects.get(answer=answer)
     assert record.prompt_tokens == answer.prompt_tokens
+
+
+def test_the_stream_goes_on_while_a_checkpoint_waits_on_a_locked_row(alice, gemma):
+    """Checkpoints are written beside the stream: while another transaction holds the
+    answer's row (or the database does not answer), text keeps reaching the readers and
+    Stop still halts the answer."""
+    from django.db import connection, transaction
+
+    gemma.parameters = {**gemma.parameters, "max_tokens": 1500}
+    gemma.save()
+    _, _, answer = services.send_message(
+        user=alice, conversation_id=None, text="Write a long story.", model_id=gemma.pk
+    )
+    replay = streams.replay_key(answer.pk, 1)
+    worker = threading.Thread(target=run_next, args=(UNSERVED_POOL, "test"))
+    worker.start()
+    deadline = time.monotonic() + 60  # a model load included
+    while not redis_client.shared().llen(replay) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_row() -> None:
+        try:
+            with transaction.atomic():
+                Message.objects.filter(pk=answer.pk).update(served_by="")
+                locked.set()
+                release.wait(timeout=30)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold_the_row)
+    holder.start()
+    try:
+        assert locked.wait(timeout=10)
+        time.sleep(1.5)  # a checkpoint (every second) is waiting for the row by now
+        before = redis_client.shared().llen(replay)
+        time.sleep(1.0)
+        assert redis_client.shared().llen(replay) > before, "the stream froze behind the row"
+        stop_flags.request_stop(answer.pk, attempt=1)
+        time.sleep(1.0)
+    finally:
+        release.set()
+        holder.join(timeout=30)
+        worker.join(timeout=60)
+    answer.refresh_from_db()
+    assert answer.status == Message.Status.STOPPED, answer.error
+    assert answer.content and answer.completion_tokens < 1500
