@@ -59,3 +59,17 @@ def test_an_ollama_model_naming_a_metadata_address_is_refused(admin_client):
     assert response.status_code == 200
     assert "refused" in response.content.decode()
     assert not LanguageModel.objects.exists()
+
+
+def test_django_admin_shows_no_ones_conversations(admin_client, alice):
+    """Conversations are their owner's alone: Django's admin neither lists nor edits them
+    (it showed every person's messages and let an admin move a conversation to another
+    owner, with the old owner's socket still in its group)."""
+    from webui.chat.models import Conversation
+
+    conversation = Conversation.objects.create(owner=alice, title="private")
+    assert admin_client.get("/admin/chat/conversation/").status_code == 404
+    change = f"/admin/chat/conversation/{conversation.pk}/change/"
+    assert admin_client.get(change).status_code == 404
+    assert "private" not in admin_client.get("/admin/").content.decode()
+    assert "/admin/chat/conversation/" not in admin_client.get("/admin/chat/").content.decode()
