@@ -31,7 +31,7 @@ from webui import config
 from webui.chat import queue, selectors, stop_flags, streams, wakeups
 from webui.chat.endings import end_answer
 from webui.chat.models import LanguageModel, Message, storable_text
-from webui.library import ollama_routing
+from webui.library import ollama_routing, ollama_servers
 from workers.claims import claim_next, still_ours, wake_follow_ups
 from workers.heartbeat import Heartbeat
 from workers.outages import DATABASE_DOWN, until_database_returns
@@ -62,6 +62,13 @@ def model_spec(model: LanguageModel, answer: Message | None = None) -> ModelSpec
         }
     elif model.backend == "ollama":
         defaults = {"parallel": config.OLLAMA_PARALLEL}
+        if model.settings.get("host"):
+            # Checked when it was saved, and again here: the name may resolve elsewhere
+            # by now (a metadata address), and nothing else looks at it.
+            try:
+                ollama_servers.check_address(str(model.settings["host"]))
+            except ollama_servers.ServerError as exc:
+                raise BackendError(f"This model's Ollama address is refused: {exc}") from None
         if not model.settings.get("host") and ollama_routing.servers_added():
             defaults["host"] = (
                 ollama_routing.route(answer, model.target)

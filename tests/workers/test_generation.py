@@ -329,3 +329,18 @@ def test_the_stream_goes_on_while_a_checkpoint_waits_on_a_locked_row(alice, gemm
     answer.refresh_from_db()
     assert answer.status == Message.Status.STOPPED, answer.error
     assert answer.content and answer.completion_tokens < 1500
+
+
+def test_an_ollama_address_that_now_resolves_to_metadata_is_refused_at_use(alice):
+    """A model's own Ollama address was checked when saved; by the time it is used it may
+    point somewhere else (here saved as the metadata address directly): the worker checks
+    again and connects nowhere."""
+    model = ollama_model("ollama/meta", "llama3:latest", "http://169.254.169.254:11434")
+    _, _, answer = services.send_message(
+        user=alice, conversation_id=None, text="hi", model_id=model.pk
+    )
+    run_next(UNSERVED_POOL, worker="test")
+    answer.refresh_from_db()
+    assert answer.status == Message.Status.FAILED
+    assert answer.error.startswith("This model's Ollama address is refused: ")
+    assert "169.254.169.254" in answer.error and "metadata" in answer.error
