@@ -19,6 +19,7 @@ from celery.signals import (
     worker_process_shutdown,
     worker_ready,
     worker_shutdown,
+    worker_shutting_down,
 )
 
 from inference import configure_backend
@@ -37,8 +38,18 @@ def consume_own_queue(sender: str, instance: object, **kwargs: object) -> None:
     """Each worker also consumes a queue of its own, so that a wake-up can go to the one
     that has a model loaded already (``webui.chat.warm_routing``)."""
     from webui.chat.warm_routing import direct_queue
+    from workers.presence import stop_draining
 
     instance.app.amqp.queues.select_add(direct_queue(sender))  # type: ignore[attr-defined]
+    stop_draining(sender)  # a node restarted under the same name takes work again
+
+
+@worker_shutting_down.connect
+def drain(sender: str, **kwargs: object) -> None:
+    """Warm shutdown: the node's serve loops finish their answers and claim no more."""
+    from workers.presence import start_draining
+
+    start_draining(sender)
 
 
 @worker_ready.connect

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterable
 
 from webui import config
-from webui.chat import wakeups
+from webui.chat import redis_client, wakeups
 
 logger = logging.getLogger("corral.presence")
 
@@ -38,3 +38,35 @@ def beat_forever(pools: Iterable[str], worker: str, stop: threading.Event) -> No
             wakeups.forget_worker(pool, worker)
         except Exception:
             logger.warning("could not forget worker %s", worker, exc_info=True)
+
+
+# A worker node shutting down (warm: SIGTERM, `docker stop`) drains: its answers finish,
+# and it claims nothing new, which another worker would otherwise never get to run before
+# the node is killed at the end of its grace period.
+DRAIN_TTL_S = 3600
+
+
+def _drain_key(node: str) -> str:
+    return f"corral:draining:{node}"
+
+
+def start_draining(node: str) -> None:
+    try:
+        redis_client.shared().set(_drain_key(node), 1, ex=DRAIN_TTL_S)
+    except Exception:
+        logger.warning("could not mark node %s as draining", node, exc_info=True)
+
+
+def stop_draining(node: str) -> None:
+    """A node starting (again, under the same name) takes work."""
+    try:
+        redis_client.shared().delete(_drain_key(node))
+    except Exception:
+        logger.warning("could not clear the drain mark of node %s", node, exc_info=True)
+
+
+def draining(node: str) -> bool:
+    try:
+        return bool(redis_client.shared().exists(_drain_key(node)))
+    except Exception:
+        return False  # Redis away: keep working

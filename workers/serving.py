@@ -22,7 +22,7 @@ from inference import BackendError, get_backend, loaded_models
 from webui import config
 from webui.chat import queue, wakeups, warm_routing
 from webui.chat.models import Message
-from workers import generation, titles
+from workers import generation, presence, titles
 from workers.claims import claim_in_order, give_back, wake_follow_ups
 from workers.doorbell import Doorbell
 from workers.heartbeat import Heartbeat
@@ -165,7 +165,9 @@ def serve(pool: str, worker: str, linger_s: float = 0.0) -> int:
     # (claims.wake_follow_ups), and waking now would only bounce between idle workers.
     try:
         if queue.claimable_in(pool).exists() or (not slots.titles_left and titles.pending_in(pool)):
-            wakeups.wake(pool)
+            node = warm_routing.node_of(worker)
+            # A draining node must not be the one asked (it consumes nothing more).
+            wakeups.wake(pool, exclude=node if presence.draining(node) else "")
     except DATABASE_DOWN:  # the reaper wakes the pool once the database is back
         logger.warning("pool %s: the database is unreachable", pool, exc_info=True)
     return served
@@ -174,6 +176,7 @@ def serve(pool: str, worker: str, linger_s: float = 0.0) -> int:
 def _claim_and_run(slots: Slots, linger_s: float) -> int:
     """``serve``'s loop: the number of answers it started."""
     pool, worker = slots.pool, slots.worker
+    node = warm_routing.node_of(worker)
     served = 0
     next_call_for_help = 0.0
     down_since: float | None = None
@@ -182,12 +185,13 @@ def _claim_and_run(slots: Slots, linger_s: float) -> int:
         # Cleared before the queue is read: what rings or ends from now on is seen.
         slots.changed.clear()
         running = slots.running()
+        draining = presence.draining(node)  # shutting down: finish, take nothing new
         try:
             # Beside running answers, a cheap look first; on a wake-up, the answer's first
             # token waits for this claim.
             queued = queue.anything_queued(pool) if running else True
             started = False
-            if queued and slots.has_room():
+            if queued and slots.has_room() and not draining:
                 for answer in claim_in_order(pool, worker, fits=slots.fits):
                     slots.give_way.set()  # a title being written stops for it
                     try:
@@ -231,13 +235,13 @@ def _claim_and_run(slots: Slots, linger_s: float) -> int:
             next_call_for_help = time.monotonic() + HELP_INTERVAL_S
         if running or slots.title_running():
             linger_until = None
-        elif slots.titles_left and slots.title_found:
+        elif slots.titles_left and slots.title_found and not draining:
             slots.titles_left -= 1
             slots.start_title()
         else:
             # Nothing to do. After answers, listen a while: the doorbell wakes the loop.
-            if linger_until is None:
-                linger_until = time.monotonic() + (linger_s if served else 0)
+            if linger_until is None or draining:
+                linger_until = time.monotonic() + (linger_s if served and not draining else 0)
             left = linger_until - time.monotonic()
             if left <= 0:
                 break

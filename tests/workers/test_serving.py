@@ -329,3 +329,28 @@ def test_a_claim_that_fails_halfway_is_given_back(alice, gemma, monkeypatch):
     assert serve(UNSERVED_POOL, worker="test") == 0
     row = Message.objects.get(pk=answer.pk)
     assert (row.status, row.attempts, row.worker) == (Message.Status.QUEUED, 0, "")
+
+
+def test_a_worker_shutting_down_finishes_its_answers_and_claims_no_more(alice, gemma):
+    """Celery's warm shutdown (SIGTERM) marks the node draining: its serve loop runs what
+    it has to the end but takes nothing new, so a queued answer waits for another worker
+    instead of being killed with this one at the end of its grace period."""
+    from celery.signals import worker_shutting_down
+
+    from workers import celery_app, presence
+
+    gemma.parameters = {**gemma.parameters, "max_tokens": 8}
+    gemma.save()
+    (first,) = send(alice, gemma, 1)
+    try:
+        worker_shutting_down.send(sender="node-a", sig="SIGTERM", how="Warm", exitcode=0)
+        assert presence.draining("node-a")
+        assert serve(UNSERVED_POOL, worker="node-a:1", linger_s=3) == 0
+        assert Message.objects.get(pk=first.pk).status == Message.Status.QUEUED
+        assert serve(UNSERVED_POOL, worker="node-b:1") == 1  # another node takes it
+        # A node started again under the same name takes work again.
+        celery_app.consume_own_queue(sender="node-a", instance=celery_app.app.Worker)
+        assert not presence.draining("node-a")
+    finally:
+        presence.stop_draining("node-a")
+        celery_app.app.amqp.queues.pop("node-a.dq", None)
