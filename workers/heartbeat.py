@@ -109,6 +109,7 @@ class Heartbeat:
                 except Exception:
                     logger.warning("could not publish the queue", exc_info=True)
             next_beat = time.monotonic() + config.HEARTBEAT_INTERVAL_S
+            failing = False
             while True:
                 self._wake.wait(max(0.0, next_beat - time.monotonic()))
                 self._wake.clear()
@@ -130,13 +131,22 @@ class Heartbeat:
                 try:  # a failed beat (a locked or restarting database) must not end them
                     beat = Message.objects.filter(still_ours(self.answer)).update(**fields)
                 except Exception:
-                    logger.warning("heartbeat of answer %s failed", self.answer.pk, exc_info=True)
+                    if not failing:  # once an outage: the answer goes on meanwhile
+                        what = "checkpoint" if checkpoint is not None else "heartbeat"
+                        logger.warning(
+                            "answer %s: %s failed, generating on",
+                            self.answer.pk,
+                            what,
+                            exc_info=True,
+                        )
+                    failing = True
                     close_old_connections()
                     if checkpoint is not None:
                         self._keep_checkpoint(checkpoint)
                     next_beat = time.monotonic() + config.HEARTBEAT_INTERVAL_S
                     continue
                 next_beat = time.monotonic() + config.HEARTBEAT_INTERVAL_S
+                failing = False
                 if not beat:
                     # Reaped, stopped or deleted: this attempt is not ours to write any more.
                     self.lost = True

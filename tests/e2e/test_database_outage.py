@@ -124,4 +124,4 @@ def test_a_batch_streams_through_a_database_outage_and_ends_done(
         assert len(saved.content) > before[answer.pk]
         # Nothing of the refused message was saved: it is still the person's to send.
         assert saved.conversation.messages.filter(role="user").count() == 1
-    assert "checkpoint failed, generating on" in worker.log.read_text()
+    assert "failed, generating on" in worker.log.read_text()  # its writes failed meanwhile
