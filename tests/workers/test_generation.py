@@ -12,6 +12,7 @@ from channels.layers import get_channel_layer
 
 from tests.chat.conftest import UNSERVED_POOL
 from tests.ollama_server import OllamaTestServer
+from tests.workers.row_lock import row_held
 from webui.chat import redis_client, services, stop_flags, streams
 from webui.chat.models import AnswerRecord, LanguageModel, Message
 from workers.generation import run_next
@@ -288,8 +289,6 @@ def test_the_stream_goes_on_while_a_checkpoint_waits_on_a_locked_row(alice, gemm
     """Checkpoints are written beside the stream: while another transaction holds the
     answer's row (or the database does not answer), text keeps reaching the readers and
     Stop still halts the answer."""
-    from django.db import connection, transaction
-
     gemma.parameters = {**gemma.parameters, "max_tokens": 1500}
     gemma.save()
     _, _, answer = services.send_message(
@@ -301,30 +300,15 @@ def test_the_stream_goes_on_while_a_checkpoint_waits_on_a_locked_row(alice, gemm
     deadline = time.monotonic() + 60  # a model load included
     while not redis_client.shared().llen(replay) and time.monotonic() < deadline:
         time.sleep(0.005)
-    locked, release = threading.Event(), threading.Event()
-
-    def hold_the_row() -> None:
-        try:
-            with transaction.atomic():
-                Message.objects.filter(pk=answer.pk).update(served_by="")
-                locked.set()
-                release.wait(timeout=30)
-        finally:
-            connection.close()
-
-    holder = threading.Thread(target=hold_the_row)
-    holder.start()
     try:
-        assert locked.wait(timeout=10)
-        time.sleep(1.5)  # a checkpoint (every second) is waiting for the row by now
-        before = redis_client.shared().llen(replay)
-        time.sleep(1.0)
-        assert redis_client.shared().llen(replay) > before, "the stream froze behind the row"
-        stop_flags.request_stop(answer.pk, attempt=1)
-        time.sleep(1.0)
+        with row_held(answer.pk):
+            time.sleep(1.5)  # a checkpoint (every second) is waiting for the row by now
+            before = redis_client.shared().llen(replay)
+            time.sleep(1.0)
+            assert redis_client.shared().llen(replay) > before, "the stream froze behind the row"
+            stop_flags.request_stop(answer.pk, attempt=1)
+            time.sleep(1.0)
     finally:
-        release.set()
-        holder.join(timeout=30)
         worker.join(timeout=60)
     answer.refresh_from_db()
     assert answer.status == Message.Status.STOPPED, answer.error

@@ -4,19 +4,19 @@ time and token limits, and the heartbeat thread. In-process, against the test da
 from __future__ import annotations
 
 import json
-import threading
 import time
 from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import transaction
 from django.test import override_settings
 from django.utils import timezone
 
 from inference import Finished, TextChunk, Usage
 from tests.chat.conftest import UNSERVED_POOL
+from tests.workers.row_lock import row_held
 from webui import config
 from webui.chat import queue, redis_client, services, stop_flags, streams, wakeups
 from webui.chat.models import Conversation, LanguageModel, Message
@@ -687,35 +687,19 @@ def test_stop_and_the_time_limit_land_while_a_beat_waits_on_a_locked_row(alice, 
     answer's row): Stop, and the time limit, must still land within a second."""
     monkeypatch.setattr(config, "HEARTBEAT_INTERVAL_S", 0.05)
     answer = running(queued(alice, gemma), heartbeat_age_s=0)
-    locked, release = threading.Event(), threading.Event()
-
-    def hold_the_row() -> None:
-        try:
-            with transaction.atomic():
-                Message.objects.filter(pk=answer.pk).update(served_by="")
-                locked.set()
-                release.wait(timeout=10)
-        finally:
-            connection.close()
-
-    holder = threading.Thread(target=hold_the_row)
-    holder.start()
     try:
-        assert locked.wait(timeout=5)
-        with Heartbeat(answer) as heartbeat:
-            time.sleep(0.3)  # the first beats are waiting for the row now
-            stop_flags.request_stop(answer.pk, answer.attempts)
-            assert heartbeat.cancelled.wait(timeout=1), "Stop waited for the database"
-            assert not heartbeat.timed_out
-        stop_flags.clear(answer.pk, answer.attempts)
-        monkeypatch.setattr(config, "MAX_GENERATION_S", 0.3)
-        with Heartbeat(answer) as heartbeat:
-            assert heartbeat.cancelled.wait(timeout=1.3), "the time limit waited"
-            assert heartbeat.timed_out
-            release.set()
+        with row_held(answer.pk):
+            with Heartbeat(answer) as heartbeat:
+                time.sleep(0.3)  # the first beats are waiting for the row now
+                stop_flags.request_stop(answer.pk, answer.attempts)
+                assert heartbeat.cancelled.wait(timeout=1), "Stop waited for the database"
+                assert not heartbeat.timed_out
+            stop_flags.clear(answer.pk, answer.attempts)
+            monkeypatch.setattr(config, "MAX_GENERATION_S", 0.3)
+            with Heartbeat(answer) as heartbeat:
+                assert heartbeat.cancelled.wait(timeout=1.3), "the time limit waited"
+                assert heartbeat.timed_out
     finally:
-        release.set()
-        holder.join(timeout=10)
         stop_flags.clear(answer.pk, answer.attempts)
 
 
