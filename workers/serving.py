@@ -223,9 +223,9 @@ def _claim_and_run(slots: Slots, linger_s: float) -> int:
             # Claiming or starting failed (the claim was given back): the answers running
             # still need this loop; with none, end and let a wake-up come again.
             logger.exception("pool %s: could not claim or start an answer", pool)
+            slots.changed.wait(DOWN_POLL_S)  # a lasting fault is not retried in a spin
             if not slots.running():
                 return served
-            slots.changed.wait(DOWN_POLL_S)
             continue
         if queued and running and time.monotonic() >= next_call_for_help:
             # Full, or the fairest answer needs another batch: another worker of the pool
