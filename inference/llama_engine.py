@@ -385,8 +385,6 @@ class BatchEngine:
                         sequence.end(BackendError("The model was unloaded."))
                     return
                 self._admit()
-            if not self._active:
-                continue
             try:
                 self._drop_closed()
                 if not self._active:

@@ -91,10 +91,10 @@ class Heartbeat:
 
     def _watch(self) -> None:
         while not self._stop.wait(STOP_POLL_S):
-            pk, attempt = self.answer.pk, self.answer.attempts
-            if stop_flags.stop_requested(pk, attempt):
+            stop, revoked = stop_flags.flags(self.answer.pk, self.answer.attempts)
+            if stop:
                 self.cancelled.set()
-            elif stop_flags.revoked(pk, attempt):
+            elif revoked:
                 self.lost = True  # the reaper has it: nothing more of this attempt is saved
                 self.cancelled.set()
             if time.monotonic() > self._deadline:
