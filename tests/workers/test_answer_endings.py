@@ -43,6 +43,18 @@ def test_a_dropped_attempt_leaves_the_next_attempts_stop_flag_alone(alice, gemma
     assert Message.objects.get(pk=new.pk).status == Message.Status.RUNNING
 
 
+def _claimed_by_a_dead_worker(user, model) -> tuple[Message, Message]:
+    """A sent answer (as sent) and its claim by a worker whose heartbeat went stale."""
+    _, _, answer = services.send_message(
+        user=user, conversation_id=None, text="hi", model_id=model.pk
+    )
+    claimed = claims.claim_next(UNSERVED_POOL, worker="dying")
+    Message.objects.filter(pk=claimed.pk).update(
+        heartbeat_at=timezone.now() - timedelta(seconds=config.HEARTBEAT_STALE_S + 5)
+    )
+    return answer, claimed
+
+
 def test_stop_is_not_lost_when_a_reaper_requeues_the_answer_meanwhile(alice, gemma, monkeypatch):
     """Stop finds the answer running, but before it can flag the attempt a reaper puts it
     back in the queue: Stop must still end it."""
@@ -74,13 +86,7 @@ def test_stop_is_not_lost_when_the_reaper_requeues_after_checking_for_it(alice, 
     """The reaper looks for a stop flag (none yet), Stop flags the running attempt, then
     the reaper re-queues it with the same attempt number: Stop must end the queued answer,
     not leave it to run again under a new attempt that no flag names."""
-    _, _, answer = services.send_message(
-        user=alice, conversation_id=None, text="hi", model_id=gemma.pk
-    )
-    claimed = claims.claim_next(UNSERVED_POOL, worker="dying")
-    Message.objects.filter(pk=claimed.pk).update(
-        heartbeat_at=timezone.now() - timedelta(seconds=config.HEARTBEAT_STALE_S + 5)
-    )
+    answer, claimed = _claimed_by_a_dead_worker(alice, gemma)
     real_request_stop = stop_flags.request_stop
     reaped = []
 
@@ -109,13 +115,7 @@ def test_stop_is_not_lost_when_it_reads_the_row_before_the_reaper_commits(
     """The reaper looks for a flag (none), Stop flags the attempt and reads the row still
     running (the re-queue not committed yet) and returns: the reaper must honour the flag
     once its re-queue is in, not leave the answer to run again."""
-    _, _, answer = services.send_message(
-        user=alice, conversation_id=None, text="hi", model_id=gemma.pk
-    )
-    claimed = claims.claim_next(UNSERVED_POOL, worker="dying")
-    Message.objects.filter(pk=claimed.pk).update(
-        heartbeat_at=timezone.now() - timedelta(seconds=config.HEARTBEAT_STALE_S + 5)
-    )
+    answer, claimed = _claimed_by_a_dead_worker(alice, gemma)
     real_stop_requested = stop_flags.stop_requested
     looks = []
 
