@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from django.db.models import F, Q
 from django.db.models.functions import Now
 
-from webui.chat import queue, streams, wakeups
+from webui.chat import queue, stop_flags, streams, wakeups
 from webui.chat.models import Message
 
 logger = logging.getLogger("corral.claims")
@@ -49,6 +49,7 @@ def claim_in_order(
             continue  # another worker took it (or it was stopped) since the reading
         if fits is not None and not fits(answer):
             return
+        leftovers = stop_flags.leftovers_of(answer.pk, answer.attempts + 1)
         claimed = Message.objects.filter(pk=answer.pk, status=Message.Status.QUEUED).update(
             status=Message.Status.RUNNING,
             # The database's clock, as for every heartbeat and the reaper: a worker host
@@ -65,6 +66,8 @@ def claim_in_order(
             loaded = _load(answer.pk)
             if loaded is None:
                 continue  # deleted meanwhile
+            if loaded.attempts == answer.attempts + 1:  # else the flags read were not its
+                stop_flags.clear_leftovers(leftovers)
             streams.reset_replay(loaded.pk, loaded.attempts)
         except Exception:
             give_back(answer.pk, worker)

@@ -195,6 +195,35 @@ def test_a_burst_is_claimed_in_one_pass_in_fair_order_up_to_the_first_that_does_
     assert [rows[pk] for pk in order] == [Message.Status.RUNNING] * 3 + [Message.Status.QUEUED] * 2
 
 
+def test_a_claim_clears_flags_left_for_its_attempt_but_keeps_a_stop_pressed_meanwhile(
+    alice, gemma, monkeypatch
+):
+    """Flags left for an id and attempt (ids repeat after a database reset) are cleared when
+    the attempt is claimed; a Stop of the new attempt, set while the claim is made, stays."""
+    stale = queued(alice, gemma)
+    stop_flags.request_stop(stale.pk, 1)
+    stop_flags.revoke(stale.pk, 1)
+    claimed = claims.claim_next(UNSERVED_POOL, worker="w")
+    assert claimed.pk == stale.pk and claimed.attempts == 1
+    assert stop_flags.flags(stale.pk, 1) == (False, False)
+
+    pressed = queued(alice, gemma)
+    stop_flags.request_stop(pressed.pk, 1)  # a leftover...
+    real_leftovers_of = stop_flags.leftovers_of
+
+    def stop_pressed_after_the_reading(message_id: int, attempt: int) -> dict[str, bytes | str]:
+        found = real_leftovers_of(message_id, attempt)
+        stop_flags.request_stop(message_id, attempt)  # ...then a real Stop, a new flag
+        return found
+
+    monkeypatch.setattr(stop_flags, "leftovers_of", stop_pressed_after_the_reading)
+    try:
+        assert claims.claim_next(UNSERVED_POOL, worker="w").pk == pressed.pk
+        assert stop_flags.flags(pressed.pk, 1) == (True, False)
+    finally:
+        stop_flags.clear(pressed.pk, 1)
+
+
 def test_claim_next_with_nothing_queued_returns_none_and_skips_other_pools(alice, gemma, cpu_model):
     other = queued(alice, cpu_model)
     assert claims.claim_next(UNSERVED_POOL, worker="w") is None

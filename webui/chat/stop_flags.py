@@ -2,11 +2,18 @@
 
 A Redis outage must not fail a healthy answer: the worker treats an unreadable flag as
 "not requested", and clearing a flag is best-effort (it expires anyway).
+
+Flags are keyed by answer id and attempt, and ids repeat: a database reset (or SQLite
+reusing the id of a deleted row) while Redis keeps its keys. So a claim clears the flags
+its attempt already had (``leftovers_of`` before, ``clear_leftovers`` after), else an old
+flag stops or revokes an answer nobody touched. Each flag's value is unique, so a Stop
+pressed just after the claim is told apart from a leftover and kept.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 
 import redis
 
@@ -26,8 +33,12 @@ def _revoked_key(message_id: int, attempt: int) -> str:
     return f"corral:revoked:{message_id}:{attempt}"
 
 
+def _mark() -> str:
+    return secrets.token_hex(8)
+
+
 def request_stop(message_id: int, attempt: int) -> None:
-    redis_client.shared().set(_key(message_id, attempt), 1, ex=_TTL_S)
+    redis_client.shared().set(_key(message_id, attempt), _mark(), ex=_TTL_S)
 
 
 def stop_requested(message_id: int, attempt: int) -> bool:
@@ -45,12 +56,43 @@ def clear(message_id: int, attempt: int) -> None:
         logger.warning("cannot clear the stop flag of answer %s", message_id, exc_info=True)
 
 
+def leftovers_of(message_id: int, attempt: int) -> dict[str, bytes | str]:
+    """The flags an attempt has before it is claimed: a leftover, as nobody flags an
+    attempt that has not started."""
+    keys = [_key(message_id, attempt), _revoked_key(message_id, attempt)]
+    try:
+        values = redis_client.shared().mget(keys)
+    except redis.RedisError:
+        logger.warning("cannot read the old flags of answer %s", message_id, exc_info=True)
+        return {}
+    return {key: value for key, value in zip(keys, values, strict=True) if value is not None}
+
+
+# Deletes each key only while it still holds the value read before the claim.
+_DELETE_UNCHANGED = """
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i] then redis.call('DEL', key) end
+end
+"""
+
+
+def clear_leftovers(found: dict[str, bytes | str]) -> None:
+    """Delete the leftovers ``leftovers_of`` found, once the claim is won; a flag set
+    since (a Stop of the new attempt) holds another value and stays."""
+    if not found:
+        return
+    try:
+        redis_client.shared().eval(_DELETE_UNCHANGED, len(found), *found, *found.values())
+    except redis.RedisError:
+        logger.warning("cannot clear the old flags %s", sorted(found), exc_info=True)
+
+
 def revoke(message_id: int, attempt: int) -> None:
     """The reaper took the answer from this attempt (re-queued or ended it): a worker
     still running it, cut off from the database but not from Redis, stops within a poll
     instead of streaming text the answer no longer has."""
     try:
-        redis_client.shared().set(_revoked_key(message_id, attempt), 1, ex=_TTL_S)
+        redis_client.shared().set(_revoked_key(message_id, attempt), _mark(), ex=_TTL_S)
     except redis.RedisError:
         logger.warning("cannot revoke attempt %s of answer %s", attempt, message_id, exc_info=True)
 
