@@ -17,7 +17,9 @@ from collections.abc import Iterable
 from inference import loaded_models
 from webui import config
 from webui.chat import fleet
-from webui.chat.fleet import GpuReport
+from webui.chat.fleet import GpuReport, WorkerReport
+from webui.chat.warm_routing import node_of
+from workers import presence
 from workers.generation import LIVE_STREAMS
 
 logger = logging.getLogger("corral.fleet")
@@ -67,6 +69,23 @@ def query_gpus() -> list[GpuReport]:
     return found
 
 
+def current_report(worker: str, pools: list[str], tokens_per_second: float) -> WorkerReport:
+    models = loaded_models()
+    return {
+        "worker": worker,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "pools": pools,
+        "models": models,
+        "answers": LIVE_STREAMS.count,
+        "tokens_per_second": round(tokens_per_second, 1),
+        "gpus": gpus(models),
+        "interval_s": config.REAP_INTERVAL_S,
+        # Shutting down: finishing its answers, taking no new ones.
+        "draining": presence.draining(node_of(worker)),
+    }
+
+
 def report_forever(worker: str, pools: list[str], stop: threading.Event) -> None:
     interval = config.REAP_INTERVAL_S
     tokens, since = LIVE_STREAMS.tokens, time.monotonic()
@@ -74,21 +93,8 @@ def report_forever(worker: str, pools: list[str], stop: threading.Event) -> None
         now, now_tokens = time.monotonic(), LIVE_STREAMS.tokens
         rate = (now_tokens - tokens) / (now - since) if now > since else 0.0
         tokens, since = now_tokens, now
-        models = loaded_models()
         try:
-            fleet.report(
-                {
-                    "worker": worker,
-                    "host": socket.gethostname(),
-                    "pid": os.getpid(),
-                    "pools": pools,
-                    "models": models,
-                    "answers": LIVE_STREAMS.count,
-                    "tokens_per_second": round(rate, 1),
-                    "gpus": gpus(models),
-                    "interval_s": interval,
-                }
-            )
+            fleet.report(current_report(worker, pools, rate))
         except Exception:  # Redis down: the page cannot show it meanwhile
             logger.warning("could not report worker %s to the fleet", worker, exc_info=True)
         if stop.wait(interval):

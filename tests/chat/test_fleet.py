@@ -72,3 +72,13 @@ def test_the_fleet_page_is_for_admins_and_names_models(alice, admin_client, gemm
         assert shown in row
     # An enabled model's pool has no live worker: admins are told.
     assert f"No {UNSERVED_POOL} worker is running" in page
+
+
+def test_a_worker_shutting_down_is_shown_draining(admin_client, clean_fleet):
+    fleet.report(a_report("going@box:5", draining=True))
+    fleet.report(a_report("older@box:6"))  # a report without the field: live
+    page = admin_client.get("/fleet/").content.decode()
+    going = page[page.index('data-worker="going@box:5"') :].split("</tr>")[0]
+    older = page[page.index('data-worker="older@box:6"') :].split("</tr>")[0]
+    assert 'data-state="draining"' in going and ">draining<" in going
+    assert 'data-state="live"' in older

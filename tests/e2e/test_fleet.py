@@ -11,7 +11,7 @@ import pytest
 
 from tests.e2e.conftest import FAST_REAPER, POOL
 from tests.e2e.test_faults import answer_under_way, finished
-from webui.chat import fleet
+from webui.chat import fleet, services
 from webui.chat.models import Message
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -47,3 +47,29 @@ def test_a_worker_reports_its_model_and_batch_and_is_lost_when_killed(
     while not (entry := entry_of(worker)) or not entry["lost"]:
         assert entry is not None and time.monotonic() < deadline, fleet.fleet()
         time.sleep(0.2)
+
+
+def test_a_worker_told_to_stop_shows_draining_finishes_its_answer_and_takes_no_more(
+    alice, bob, long_gemma, gpu_workers, web_server
+):
+    """SIGTERM (``docker stop``) to a real worker running an answer: the Fleet page shows
+    it draining, the answer ends done, an answer sent meanwhile is left queued for another
+    worker, and the worker exits by itself."""
+    process = gpu_workers("drained").process
+    answer, client = answer_under_way(alice, long_gemma, "Tell a long story.", web_server)
+    worker = Message.objects.get(pk=answer.pk).worker  # the pool child running it
+    os.kill(process.pid, signal.SIGTERM)  # the main process: Celery's warm shutdown
+    deadline = time.monotonic() + 10
+    while not (entry := entry_of(worker)) or not entry["report"].get("draining"):
+        assert time.monotonic() < deadline, fleet.fleet()
+        time.sleep(0.2)
+    _, _, later = services.send_message(
+        user=bob, conversation_id=None, text="Hello.", model_id=long_gemma.pk
+    )
+    client.wait_until(finished, timeout=90)
+    client.close()
+    assert Message.objects.get(pk=answer.pk).status == Message.Status.DONE
+    assert process.wait(timeout=30) == 0
+    later.refresh_from_db()
+    assert (later.status, later.attempts) == (Message.Status.QUEUED, 0)
+    services.stop_answer(user=bob, message_id=later.pk)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, TypedDict, cast
+from typing import Any, NotRequired, TypedDict, cast
 
 import redis
 
@@ -40,6 +40,7 @@ class WorkerReport(TypedDict):
     tokens_per_second: float  # over its last beat
     gpus: list[GpuReport]
     interval_s: float
+    draining: NotRequired[bool]  # shutting down (absent from an older worker's reports)
 
 
 class FleetEntry(TypedDict):
