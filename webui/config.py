@@ -124,6 +124,10 @@ QUEUE_EVENT_INTERVAL_S: float = env.float("CORRAL_QUEUE_EVENT_INTERVAL_S", 0.5)
 # doorbell) before it goes back to waiting on Celery: an answer sent meanwhile starts
 # without Celery's hand-over to the process. 0: go back at once.
 WORKER_LINGER_S: float = env.float("CORRAL_WORKER_LINGER_S", 5)
+# A worker shutting down (SIGTERM) finishes its answers; those still running this long
+# after are handed to another worker, with their text, before the grace period ends in a
+# kill (compose.yaml gives 60 s).
+DRAIN_HANDOFF_S: float = env.float("CORRAL_DRAIN_HANDOFF_S", 45)
 
 WORKER_QUEUES: list[str] = env.list("CORRAL_WORKER_QUEUES", ["cpu"])
 WORKER_CONCURRENCY: int = env.int("CORRAL_WORKER_CONCURRENCY", 1)

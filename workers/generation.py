@@ -29,10 +29,11 @@ from inference import (
 )
 from webui import config
 from webui.chat import queue, selectors, stop_flags, streams, wakeups
-from webui.chat.endings import end_answer
+from webui.chat.endings import STOPPED_BY_USER, end_answer
 from webui.chat.models import LanguageModel, Message, storable_text
 from webui.library import ollama_routing, ollama_servers
 from workers.claims import claim_next, still_ours, wake_follow_ups
+from workers.handoff import hand_off
 from workers.heartbeat import Heartbeat
 from workers.outages import DATABASE_DOWN, until_database_returns
 
@@ -288,6 +289,8 @@ def generate(
         if heartbeat is not None and heartbeat.lost:
             raise LostOwnership  # a beat or the reaper found it taken: nothing more is ours
         stream.flush()
+        if heartbeat is not None and heartbeat.handed_off:
+            return hand_off(answer, stream.text, stream.seq)  # this worker is shutting down
         if cancelled.is_set():
             status, error = Message.Status.STOPPED, _why_stopped(heartbeat)
     except LostOwnership:
@@ -344,7 +347,7 @@ def _ending_landed(answer: Message, status: str, error: str, text: str) -> bool:
 def _why_stopped(heartbeat: Heartbeat | None) -> str:
     if heartbeat is not None and heartbeat.timed_out:
         return f"Stopped at the time limit of {config.MAX_GENERATION_S:g} s."
-    return "Stopped by the user."
+    return STOPPED_BY_USER
 
 
 def _drop_attempt(answer: Message) -> Message:

@@ -39,6 +39,8 @@ class Heartbeat:
         self.timed_out = False
         # Set with ``cancelled`` when a beat found the attempt no longer ours.
         self.lost = False
+        # Set with ``cancelled`` when this worker, shutting down, gives the answer to another.
+        self.handed_off = False
         self._deadline = time.monotonic() + config.MAX_GENERATION_S
         self._stop = threading.Event()
         # The latest checkpoint (text, seq) not yet written, and what wakes the beating
@@ -84,6 +86,11 @@ class Heartbeat:
         with self._checkpoint_lock:
             if self._checkpoint is None:
                 self._checkpoint = checkpoint
+
+    def hand_off(self) -> None:
+        """Stop generating: the worker is shutting down and another one continues."""
+        self.handed_off = True
+        self.cancelled.set()
 
     @property
     def beating(self) -> bool:

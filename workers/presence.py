@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterable
 
 from webui import config
@@ -52,7 +53,9 @@ def _drain_key(node: str) -> str:
 
 def start_draining(node: str) -> None:
     try:
-        redis_client.shared().set(_drain_key(node), 1, ex=DRAIN_TTL_S)
+        # When it began (this host's clock, read on this host): answers still running
+        # CORRAL_DRAIN_HANDOFF_S later are handed to another worker.
+        redis_client.shared().set(_drain_key(node), repr(time.time()), nx=True, ex=DRAIN_TTL_S)
     except Exception:
         logger.warning("could not mark node %s as draining", node, exc_info=True)
 
@@ -65,8 +68,15 @@ def stop_draining(node: str) -> None:
         logger.warning("could not clear the drain mark of node %s", node, exc_info=True)
 
 
-def draining(node: str) -> bool:
+def draining_for(node: str) -> float | None:
+    """How long ``node`` has been shutting down, in seconds; None when it is not (or Redis
+    cannot say: keep working)."""
     try:
-        return bool(redis_client.shared().exists(_drain_key(node)))
+        since = redis_client.shared().get(_drain_key(node))
+        return None if since is None else max(0.0, time.time() - float(since))
     except Exception:
-        return False  # Redis away: keep working
+        return None
+
+
+def draining(node: str) -> bool:
+    return draining_for(node) is not None

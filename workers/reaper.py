@@ -13,14 +13,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import close_old_connections, connection, transaction
-from django.db.models import DateTimeField, ExpressionWrapper, F, Q
+from django.db.models import DateTimeField, ExpressionWrapper, Q
 from django.db.models.expressions import CombinedExpression
 from django.db.models.functions import Now
 
 from inference import BackendError, get_backend
 from webui import config
-from webui.chat import answer_records, queue, stop_flags, streams, wakeups
-from webui.chat.endings import end_answer, end_queued
+from webui.chat import queue, stop_flags, streams, wakeups
+from webui.chat.endings import STOPPED_BY_USER, end_answer, end_queued, requeue
 from webui.chat.models import Message
 from webui.library import ollama_servers
 from webui.library.jobs import fail_lost_jobs, resend_waiting_jobs
@@ -59,7 +59,7 @@ def reap_stale(now: datetime | None = None) -> list[int]:
             changed = end_answer(
                 answer,
                 Message.Status.STOPPED,
-                "Stopped by the user.",
+                STOPPED_BY_USER,
                 only=same_attempt,
                 finished_at=now_,
                 **_delivered(answer),
@@ -82,7 +82,7 @@ def reap_stale(now: datetime | None = None) -> list[int]:
             ):
                 # Stop was pressed after the look above, and saw the attempt still
                 # running (this re-queue not committed yet): it is ours to honour.
-                end_queued(answer, Message.Status.STOPPED, "Stopped by the user.")
+                end_queued(answer, Message.Status.STOPPED, STOPPED_BY_USER)
             reaped.append(answer.pk)
             if answer.model is not None:
                 _publish_queue_after_commit(answer.model.pool)
@@ -102,22 +102,7 @@ def _publish_queue_after_commit(pool: str) -> None:
 
 def _requeue(answer: Message, same_attempt: Q) -> bool:
     """Queue ``answer`` for one more attempt; it keeps what a continuing backend needs."""
-    assert answer.model is not None
-    with transaction.atomic():
-        changed = Message.objects.filter(same_attempt, pk=answer.pk).update(
-            status=Message.Status.QUEUED,
-            **_kept_for_next_attempt(answer),
-            worker="",
-            error="",
-            heartbeat_at=None,
-            version=F("version") + 1,
-        )
-        if changed:
-            wakeups.wake(answer.model.pool)
-            answer.refresh_from_db()
-            answer_records.record_outcome(answer)
-            streams.publish_message(answer)
-    return bool(changed)
+    return requeue(answer, only=same_attempt, kept=_kept_for_next_attempt(answer))
 
 
 def _delivered(answer: Message) -> dict[str, Any]:

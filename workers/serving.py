@@ -61,6 +61,7 @@ class Slots:
         self.key: Hashable | None = None
         self.limit = 1
         self.threads: dict[int, threading.Thread] = {}
+        self.heartbeats: dict[int, Heartbeat] = {}  # of the answers running now
         # Set when a slot frees or an answer is queued (the doorbell): look at the queue.
         self.changed = threading.Event()
         self.title: threading.Thread | None = None
@@ -113,7 +114,11 @@ class Slots:
         try:
             pool = self.pool
             with Heartbeat(answer, first=lambda: queue.publish_queue(pool)) as heartbeat:
-                answer = generation.generate(answer, heartbeat.cancelled, heartbeat)
+                self.heartbeats[answer.pk] = heartbeat
+                try:
+                    answer = generation.generate(answer, heartbeat.cancelled, heartbeat)
+                finally:
+                    self.heartbeats.pop(answer.pk, None)
             wake_follow_ups(answer)
             titles.request_title(answer)
         except Exception:
@@ -121,6 +126,11 @@ class Slots:
         finally:
             connection.close()  # this thread's own database connection
             self.changed.set()
+
+    def hand_off(self) -> None:
+        """This worker is shutting down: its answers go to another worker, now."""
+        for heartbeat in list(self.heartbeats.values()):
+            heartbeat.hand_off()
 
     def title_running(self) -> bool:
         return self.title is not None and self.title.is_alive()
@@ -185,7 +195,10 @@ def _claim_and_run(slots: Slots, linger_s: float) -> int:
         # Cleared before the queue is read: what rings or ends from now on is seen.
         slots.changed.clear()
         running = slots.running()
-        draining = presence.draining(node)  # shutting down: finish, take nothing new
+        drained_s = presence.draining_for(node)
+        draining = drained_s is not None  # shutting down: finish, take nothing new
+        if running and drained_s is not None and drained_s >= config.DRAIN_HANDOFF_S:
+            slots.hand_off()  # ...unless the grace period is nearly over
         try:
             # Beside running answers, a cheap look first; on a wake-up, the answer's first
             # token waits for this claim.

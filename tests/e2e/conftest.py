@@ -68,8 +68,10 @@ def gpu_workers(stack_env, tmp_path):
     started: list[Worker] = []
     env = {**stack_env, **FAST_REAPER}
 
-    def start(name: str) -> Worker:
-        worker = start_worker(env, tmp_path / f"{name}.log", queues=POOL, label=name)
+    def start(name: str, settings: dict[str, str] | None = None) -> Worker:
+        worker = start_worker(
+            {**env, **(settings or {})}, tmp_path / f"{name}.log", queues=POOL, label=name
+        )
         started.append(worker)
         return worker
 

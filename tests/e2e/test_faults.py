@@ -161,6 +161,39 @@ def test_a_killed_worker_with_a_full_batch_has_every_answer_continued_elsewhere(
         assert client.gaps == 0
 
 
+def test_a_worker_told_to_stop_hands_its_answer_to_a_live_worker_within_seconds(
+    alice, long_gemma, gpu_workers, web_server
+):
+    """``docker compose stop`` while an answer outlasts the grace period: SIGTERM to the
+    worker; CORRAL_DRAIN_HANDOFF_S later it hands the answer back with its text, a live
+    worker continues it with no gap or duplicate, and the stopping worker exits by itself,
+    with nothing left for the reaper."""
+    long_gemma.parameters = {**long_gemma.parameters, "max_tokens": 480}
+    long_gemma.save()
+    handoff = {"CORRAL_DRAIN_HANDOFF_S": "1"}
+    workers = {name: gpu_workers(name, handoff) for name in ("one", "two")}
+    answer, client = answer_under_way(
+        alice, long_gemma, "Count from 1 to 500, separated by commas.", web_server
+    )
+    running_on = Message.objects.get(pk=answer.pk).worker
+    leaving_name = next(name for name in workers if f"test-{name}-" in running_on)
+    (staying_name,) = set(workers) - {leaving_name}
+    leaving = workers[leaving_name]
+    shown = client.messages[answer.pk]["content"]
+    os.kill(leaving.process.pid, signal.SIGTERM)  # Celery's warm shutdown
+    told_at = time.monotonic()
+    client.wait_until(lambda c: c.messages[answer.pk]["attempt"] == 2, timeout=30)
+    # Sooner than a killed worker's answer is even noticed (CORRAL_HEARTBEAT_STALE_S).
+    assert time.monotonic() - told_at < float(FAST_REAPER["CORRAL_HEARTBEAT_STALE_S"])
+    assert leaving.process.wait(timeout=30) == 0
+    client.wait_until(finished, timeout=90)
+    client.close()
+    saved = assert_one_clean_answer(client, answer)
+    assert saved.status == Message.Status.DONE, saved.error
+    assert saved.attempts == 2 and f"test-{staying_name}-" in saved.worker
+    assert saved.content.startswith(shown) and client.gaps == 0
+
+
 def skewed_worker(stack_env, offset_s: float, log: Path, queues: str, label: str):
     """A real worker whose Django clock runs ``offset_s`` off (tests/e2e/clock_skew), with
     the fast reaper."""

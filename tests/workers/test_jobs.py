@@ -18,7 +18,7 @@ from inference import Finished, TextChunk, Usage
 from tests.chat.conftest import UNSERVED_POOL
 from tests.workers.row_lock import row_held
 from webui import config
-from webui.chat import queue, redis_client, services, stop_flags, streams, wakeups
+from webui.chat import endings, queue, redis_client, services, stop_flags, streams, wakeups
 from webui.chat.models import Conversation, LanguageModel, Message
 from workers import claims, generation, reaper
 from workers.heartbeat import Heartbeat
@@ -507,8 +507,8 @@ def test_two_reapers_racing_on_the_same_stale_answer_change_it_once(alice, gemma
             other_reaper.extend(reaper.reap_stale())
         return real_atomic(*args, **kwargs)
 
-    monkeypatch.setattr(
-        reaper,
+    monkeypatch.setattr(  # the re-queue's transaction (webui.chat.endings.requeue)
+        endings,
         "transaction",
         SimpleNamespace(atomic=atomic_after_the_other_reaper, on_commit=transaction.on_commit),
     )

@@ -14,9 +14,9 @@ from tests.ollama_server import OllamaTestServer
 from tests.workers.test_generation import ollama_model
 from tests.workers.test_jobs import limits
 from webui import config
-from webui.chat import fleet, redis_client, services, wakeups, warm_routing
+from webui.chat import fleet, redis_client, services, stop_flags, streams, wakeups, warm_routing
 from webui.chat.models import Message
-from workers import serving
+from workers import claims, serving
 from workers.serving import serve
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -354,3 +354,66 @@ def test_a_worker_shutting_down_finishes_its_answers_and_claims_no_more(alice, g
     finally:
         presence.stop_draining("node-a")
         celery_app.app.amqp.queues.pop("node-a.dq", None)
+
+
+COUNTING = "Count from 1 to 500, separated by commas."  # a long answer, whatever its words
+
+
+def test_a_worker_shutting_down_hands_a_running_answer_to_another_with_its_text(
+    alice, gemma, monkeypatch
+):
+    """CORRAL_DRAIN_HANDOFF_S into a worker's shutdown, an answer it still runs is stopped
+    and put back in the queue with everything it delivered (not killed with the worker
+    and found by the reaper later): another worker continues it from there to the end."""
+    from workers import presence
+
+    monkeypatch.setattr(config, "DRAIN_HANDOFF_S", 0.5)
+    gemma.parameters = {**gemma.parameters, "max_tokens": 400}
+    gemma.save()
+    _, _, answer = services.send_message(
+        user=alice, conversation_id=None, text=COUNTING, model_id=gemma.pk
+    )
+    replay = streams.replay_key(answer.pk, 1)
+    leaving = threading.Thread(target=serve, args=(UNSERVED_POOL, "node-a:1"))
+    leaving.start()
+    deadline = time.monotonic() + 60  # a model load included
+    while not redis_client.shared().llen(replay) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        presence.start_draining("node-a")  # as Celery's warm shutdown does
+        handed_at = time.monotonic()
+        leaving.join(timeout=30)
+        assert not leaving.is_alive()
+        assert time.monotonic() - handed_at < 5  # not the reaper's stale wait
+    finally:
+        presence.stop_draining("node-a")
+    streams.flush()
+    handed = Message.objects.get(pk=answer.pk)
+    assert (handed.status, handed.attempts, handed.worker) == (Message.Status.QUEUED, 1, "")
+    delivered, last_seq = streams.delivered_after(answer.pk, 1, 0, 0)
+    assert handed.content and (handed.content, handed.seq) == (delivered, last_seq)
+
+    assert serve(UNSERVED_POOL, worker="node-b:1") == 1
+    done = Message.objects.get(pk=answer.pk)
+    assert (done.status, done.attempts) == (Message.Status.DONE, 2), done.error
+    assert done.content.startswith(handed.content) and "node-b" in done.worker
+
+
+def test_an_answer_stopped_as_it_is_handed_off_ends_stopped_with_its_text(alice):
+    """Stop pressed while the answer was still running on the worker handing it off: the
+    flag of that attempt is honoured, not lost with the attempt (the next never reads it).
+    An Ollama answer, which starts anew when re-run, keeps what was shown."""
+    from workers import handoff
+
+    with OllamaTestServer(models={"slow:latest": "one two three"}, token_delay=0.1) as server:
+        model = ollama_model("ollama/slow", "slow:latest", server.url)
+        _, _, answer = services.send_message(
+            user=alice, conversation_id=None, text="hi", model_id=model.pk
+        )
+        claimed = claims.claim_next(UNSERVED_POOL, worker="node-a:1")
+        stop_flags.request_stop(claimed.pk, 1)  # Stop saw it running, before the hand-off
+        handoff.hand_off(claimed, "one two", 2)
+    row = Message.objects.get(pk=answer.pk)
+    assert (row.status, row.error) == (Message.Status.STOPPED, "Stopped by the user.")
+    assert (row.content, row.seq, row.attempts) == ("one two", 2, 1)
+    assert not stop_flags.stop_requested(answer.pk, 1)

@@ -1,0 +1,66 @@
+"""Handing an answer to another worker: a worker shutting down (SIGTERM, ``docker compose
+stop``) finishes its answers, but one still running ``CORRAL_DRAIN_HANDOFF_S`` after is
+stopped and put back in the queue at once, with the text it delivered, rather than killed
+with the worker at the end of the grace period and found by the reaper seconds later.
+
+It goes back exactly as the reaper would put it (the same continuation from the text, or
+a fresh start for backends that cannot continue); the difference is the time it takes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.db.models import Q
+
+from inference import BackendError, get_backend
+from webui.chat import stop_flags
+from webui.chat.endings import STOPPED_BY_USER, end_answer, requeue
+from webui.chat.models import Message
+from webui.chat.warm_routing import node_of
+from workers.claims import still_ours
+from workers.outages import until_database_returns
+
+logger = logging.getLogger("corral.handoff")
+
+
+def hand_off(answer: Message, text: str, seq: int) -> Message:
+    """Put ``answer``, whose run on this worker delivered ``text`` up to delta ``seq``,
+    back in the queue; a worker on another node is woken for it."""
+    attempt = answer.attempts
+    kept = _kept(answer, text, seq)
+    requeued = until_database_returns(
+        lambda: requeue(
+            answer, only=still_ours(answer), kept=kept, wake_exclude=node_of(answer.worker)
+        )
+    )
+    if not requeued:
+        return answer  # the reaper, or Stop, took it first
+    logger.info("answer %s handed off after attempt %s", answer.pk, attempt)
+    if stop_flags.stop_requested(answer.pk, attempt):
+        # Stop came as it was handed off, and saw it still running: the next attempt
+        # never looks at this one's flag, so it is honoured here.
+        until_database_returns(
+            lambda: end_answer(
+                answer,
+                Message.Status.STOPPED,
+                STOPPED_BY_USER,
+                only=Q(status=Message.Status.QUEUED),
+                content=text,
+                seq=seq,
+            )
+        )
+    stop_flags.clear(answer.pk, attempt)
+    return answer
+
+
+def _kept(answer: Message, text: str, seq: int) -> dict[str, Any]:
+    """What the next attempt starts from: all this run delivered, for a backend that
+    continues a partial answer; else nothing (it is written anew)."""
+    assert answer.model is not None
+    try:
+        continues = get_backend(answer.model.backend).continues_partial
+    except BackendError:
+        continues = False
+    return {"content": text, "seq": seq} if continues else {"content": "", "seq": 0}
