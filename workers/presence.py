@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 from webui import config
 from webui.chat import redis_client, wakeups
+from webui.chat.warm_routing import node_of
 
 logger = logging.getLogger("corral.presence")
 
@@ -80,3 +81,19 @@ def draining_for(node: str) -> float | None:
 
 def draining(node: str) -> bool:
     return draining_for(node) is not None
+
+
+def another_node_serves(pool: str, node: str) -> bool:
+    """Whether a worker of ``pool`` on another node, not shutting down itself, is alive to
+    take an answer ``node`` hands off. When the whole pool is going down, the answers
+    run on to the end of the grace period instead: finishing is their best chance. False
+    when Redis cannot say."""
+    try:
+        nodes = sorted({node_of(worker) for worker in wakeups.live_worker_ids(pool)} - {node})
+        if not nodes:
+            return False
+        marks = redis_client.shared().mget([_drain_key(other) for other in nodes])
+    except Exception:
+        logger.warning("cannot tell whether another %s worker is alive", pool, exc_info=True)
+        return False
+    return any(mark is None for mark in marks)

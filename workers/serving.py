@@ -197,8 +197,10 @@ def _claim_and_run(slots: Slots, linger_s: float) -> int:
         running = slots.running()
         drained_s = presence.draining_for(node)
         draining = drained_s is not None  # shutting down: finish, take nothing new
-        if running and drained_s is not None and drained_s >= config.DRAIN_HANDOFF_S:
-            slots.hand_off()  # ...unless the grace period is nearly over
+        # ...unless the grace period is nearly over and another node can go on with them.
+        handing_off = drained_s is not None and drained_s >= config.DRAIN_HANDOFF_S
+        if running and handing_off and presence.another_node_serves(pool, node):
+            slots.hand_off()
         try:
             # Beside running answers, a cheap look first; on a wake-up, the answer's first
             # token waits for this claim.

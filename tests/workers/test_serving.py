@@ -374,6 +374,7 @@ def test_a_worker_shutting_down_hands_a_running_answer_to_another_with_its_text(
         user=alice, conversation_id=None, text=COUNTING, model_id=gemma.pk
     )
     replay = streams.replay_key(answer.pk, 1)
+    wakeups.note_worker_alive(UNSERVED_POOL, "node-b:1", for_s=60)  # someone to take it
     leaving = threading.Thread(target=serve, args=(UNSERVED_POOL, "node-a:1"))
     leaving.start()
     deadline = time.monotonic() + 60  # a model load included
@@ -387,6 +388,7 @@ def test_a_worker_shutting_down_hands_a_running_answer_to_another_with_its_text(
         assert time.monotonic() - handed_at < 5  # not the reaper's stale wait
     finally:
         presence.stop_draining("node-a")
+        wakeups.forget_worker(UNSERVED_POOL, "node-b:1")
     streams.flush()
     handed = Message.objects.get(pk=answer.pk)
     assert (handed.status, handed.attempts, handed.worker) == (Message.Status.QUEUED, 1, "")
@@ -397,6 +399,32 @@ def test_a_worker_shutting_down_hands_a_running_answer_to_another_with_its_text(
     done = Message.objects.get(pk=answer.pk)
     assert (done.status, done.attempts) == (Message.Status.DONE, 2), done.error
     assert done.content.startswith(handed.content) and "node-b" in done.worker
+
+
+def test_with_the_whole_pool_shutting_down_answers_run_on_to_their_end(alice, gemma, monkeypatch):
+    """No other node to hand to (the only other one is shutting down too): finishing
+    within the grace period is the answer's best chance, so it runs on."""
+    from workers import presence
+
+    monkeypatch.setattr(config, "DRAIN_HANDOFF_S", 0.0)
+    (answer,) = send(alice, gemma, 1)
+    replay = streams.replay_key(answer.pk, 1)
+    wakeups.note_worker_alive(UNSERVED_POOL, "node-b:1", for_s=60)
+    presence.start_draining("node-b")
+    leaving = threading.Thread(target=serve, args=(UNSERVED_POOL, "node-a:1"))
+    leaving.start()
+    deadline = time.monotonic() + 60  # a model load included
+    while not redis_client.shared().llen(replay) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        presence.start_draining("node-a")
+        leaving.join(timeout=60)
+    finally:
+        presence.stop_draining("node-a")
+        presence.stop_draining("node-b")
+        wakeups.forget_worker(UNSERVED_POOL, "node-b:1")
+    done = Message.objects.get(pk=answer.pk)
+    assert (done.status, done.attempts) == (Message.Status.DONE, 1), done.error
 
 
 def test_an_answer_stopped_as_it_is_handed_off_ends_stopped_with_its_text(alice):

@@ -10,6 +10,7 @@ waiting answers say so.
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 import redis
 from django.db import transaction
@@ -100,6 +101,15 @@ def live_workers(pool: str) -> int:
     client = redis_client.shared()
     now = float(client.time()[0])
     return int(client.zcount(_presence_key(pool), now, "+inf"))
+
+
+def live_worker_ids(pool: str) -> list[str]:
+    """The workers of ``pool`` that noted themselves alive lately, as "node:pid" (raises
+    RedisError)."""
+    client = redis_client.shared()
+    now = float(client.time()[0])
+    members = cast(list[bytes], client.zrangebyscore(_presence_key(pool), now, "+inf"))
+    return [member.decode() for member in members]
 
 
 def has_live_worker(pool: str) -> bool | None:
