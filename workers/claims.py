@@ -16,6 +16,7 @@ from django.db.models import F, Q
 from django.db.models.functions import Now
 
 from webui.chat import queue, stop_flags, streams, wakeups
+from webui.chat.endings import STOPPED_BY_USER, end_queued
 from webui.chat.models import Message
 
 logger = logging.getLogger("corral.claims")
@@ -78,18 +79,25 @@ def claim_in_order(
 def give_back(pk: int, worker: str) -> bool:
     """Undo a claim whose answer this worker could not start: queued again as it was,
     the attempt not spent (else it waits for the reaper and, at its last attempt, fails
-    as "Worker lost" though nothing ran it). Best effort: with the database down, the
-    reaper deals with it."""
+    as "Worker lost" though nothing ran it). A Stop pressed on the claim ends it there
+    (the next claim of that attempt takes its flag for a leftover). Best effort: with the
+    database down, the reaper deals with it."""
     try:
-        return bool(
-            Message.objects.filter(pk=pk, status=Message.Status.RUNNING, worker=worker).update(
-                status=Message.Status.QUEUED,
-                attempts=F("attempts") - 1,
-                worker="",
-                heartbeat_at=None,
-                version=F("version") + 1,
-            )
-        )
+        claimed = Message.objects.filter(pk=pk, status=Message.Status.RUNNING, worker=worker)
+        attempt = claimed.values_list("attempts", flat=True).first()
+        if attempt is None or not claimed.filter(attempts=attempt).update(
+            status=Message.Status.QUEUED,
+            attempts=F("attempts") - 1,
+            worker="",
+            heartbeat_at=None,
+            version=F("version") + 1,
+        ):
+            return False
+        if stop_flags.stop_requested(pk, attempt):
+            answer = Message.objects.get(pk=pk)
+            end_queued(answer, Message.Status.STOPPED, STOPPED_BY_USER)
+            stop_flags.clear(pk, attempt)
+        return True
     except Exception:
         logger.warning("answer %s: could not give it back to the queue", pk, exc_info=True)
         return False

@@ -289,9 +289,10 @@ def generate(
         if heartbeat is not None and heartbeat.lost:
             raise LostOwnership  # a beat or the reaper found it taken: nothing more is ours
         stream.flush()
-        if heartbeat is not None and heartbeat.handed_off:
-            return hand_off(answer, stream.text, stream.seq)  # this worker is shutting down
-        if cancelled.is_set():
+        # Cancelled after the last token (a late Stop, the shutdown): it is whole, and done.
+        if cancelled.is_set() and finished is None:
+            if _handing_off(answer, heartbeat):
+                return hand_off(answer, stream.text, stream.seq)
             status, error = Message.Status.STOPPED, _why_stopped(heartbeat)
     except LostOwnership:
         return _drop_attempt(answer)
@@ -299,6 +300,9 @@ def generate(
         logger.warning("answer %s failed: %s %s", answer.pk, exc, exc.detail)
         status, error = Message.Status.FAILED, str(exc)
         if cancelled.is_set():  # the upstream connection was closed on purpose
+            if _handing_off(answer, heartbeat):
+                stream.flush()
+                return hand_off(answer, stream.text, stream.seq)
             status, error = Message.Status.STOPPED, _why_stopped(heartbeat)
     except Exception:
         # The person sees that it failed; the details (which may name hosts, connection
@@ -342,6 +346,16 @@ def _ending_landed(answer: Message, status: str, error: str, text: str) -> bool:
     if landed:
         streams.publish_message(answer)
     return landed
+
+
+def _handing_off(answer: Message, heartbeat: Heartbeat | None) -> bool:
+    """Whether the cancel was this worker shutting down (the answer goes on elsewhere), not
+    a Stop: one pressed too is honoured as a Stop."""
+    return (
+        heartbeat is not None
+        and heartbeat.handed_off
+        and not stop_flags.stop_requested(answer.pk, answer.attempts)
+    )
 
 
 def _why_stopped(heartbeat: Heartbeat | None) -> str:

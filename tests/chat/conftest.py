@@ -4,6 +4,7 @@ import pytest
 import redis
 
 from webui import config
+from webui.chat import fleet
 
 # The suite's Celery worker consumes only `cpu`; tests here run jobs themselves, so their
 # models live in the `gpu` pool and a running test worker cannot take the job first.
@@ -36,3 +37,14 @@ def gpu_worker_alive():
     wakeups.note_worker_alive(UNSERVED_POOL, "test-presence", for_s=300)
     yield
     wakeups.forget_worker(UNSERVED_POOL, "test-presence")
+
+
+@pytest.fixture
+def clean_fleet():
+    """No reports but the test's own, before and after (a Redis shared with an earlier
+    run, or workers of other tests, may hold some)."""
+    for entry in fleet.fleet():
+        fleet.forget(entry["report"]["worker"])
+    yield
+    for entry in fleet.fleet():
+        fleet.forget(entry["report"]["worker"])

@@ -29,17 +29,6 @@ def a_report(worker: str, **changes) -> WorkerReport:
     return {**entry, **changes}  # type: ignore[typeddict-item]
 
 
-@pytest.fixture
-def clean_fleet():
-    """No reports but the test's own, before and after (a Redis shared with an earlier
-    run, or workers of other tests, may hold some)."""
-    for entry in fleet.fleet():
-        fleet.forget(entry["report"]["worker"])
-    yield
-    for entry in fleet.fleet():
-        fleet.forget(entry["report"]["worker"])
-
-
 def test_a_worker_that_stops_reporting_is_shown_lost(clean_fleet):
     fleet.report(a_report("live@box:1"))
     fleet.report(a_report("quiet@box:2", interval_s=0.05))

@@ -71,3 +71,21 @@ def test_a_follow_up_waiting_for_the_answer_before_it_is_not_the_target(alice, b
 def test_an_ollama_answer_has_no_file_to_route_by(alice):
     _answer(alice, _model("remote", backend="ollama"))
     assert next_model_target(POOL) is None
+
+
+@pytest.mark.django_db
+def test_a_worker_shutting_down_is_never_the_warm_one(clean_fleet):
+    """Idle with the model loaded, but draining: it takes nothing new, so a wake-up must
+    not go to it, and another worker must not leave the answer to it."""
+    from tests.chat.test_fleet import a_report
+    from webui.chat import fleet
+    from webui.chat.warm_routing import loaded_elsewhere, warm_worker
+
+    target = "/models/warm.gguf"
+    fleet.report(a_report("going@box:1", pools=[POOL], models=[target], draining=True))
+    fleet.report(a_report("empty@box:2", pools=[POOL]))
+    assert warm_worker(POOL, target) == "empty@box"
+    assert not loaded_elsewhere(POOL, target, exclude="empty@box")
+    fleet.report(a_report("going@box:1", pools=[POOL], models=[target]))  # running again
+    assert warm_worker(POOL, target) == "going@box"
+    assert loaded_elsewhere(POOL, target, exclude="empty@box")

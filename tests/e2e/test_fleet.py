@@ -55,8 +55,12 @@ def test_a_worker_told_to_stop_shows_draining_finishes_its_answer_and_takes_no_m
     """SIGTERM (``docker stop``) to a real worker running an answer: the Fleet page shows
     it draining, the answer ends done, an answer sent meanwhile is left queued for another
     worker, and the worker exits by itself."""
+    long_gemma.parameters = {**long_gemma.parameters, "max_tokens": 480}
+    long_gemma.save()
     process = gpu_workers("drained").process
-    answer, client = answer_under_way(alice, long_gemma, "Tell a long story.", web_server)
+    answer, client = answer_under_way(
+        alice, long_gemma, "Count from 1 to 500, separated by commas.", web_server
+    )
     worker = Message.objects.get(pk=answer.pk).worker  # the pool child running it
     os.kill(process.pid, signal.SIGTERM)  # the main process: Celery's warm shutdown
     deadline = time.monotonic() + 10

@@ -335,16 +335,20 @@ def test_an_ollama_address_that_now_resolves_to_metadata_is_refused_at_use(alice
     assert "169.254.169.254" in answer.error and "metadata" in answer.error
 
 
-def test_an_answer_runs_whatever_flags_an_earlier_database_left_for_its_id(alice, gemma):
+def test_an_answer_runs_whatever_flags_an_earlier_database_left_for_its_id(alice):
     """Ids repeat when a database is reset (or SQLite reuses a deleted row's) while Redis
     keeps its keys: a Stop and a reaper's revoke left for this id and attempt must not
-    stop an answer nobody touched."""
-    _, _, answer = services.send_message(
-        user=alice, conversation_id=None, text="Tell me about the sea.", model_id=gemma.pk
-    )
-    stop_flags.request_stop(answer.pk, 1)
-    stop_flags.revoke(answer.pk, 1)
-    run_next(UNSERVED_POOL, worker="test")
+    stop an answer nobody touched. (A scripted model streaming for a second: several stop
+    polls see the flags, were they kept.)"""
+    reply = "one two three four five six seven eight nine ten"
+    with OllamaTestServer(models={"slow:latest": reply}, token_delay=0.1) as server:
+        model = ollama_model("ollama/slow", "slow:latest", server.url)
+        _, _, answer = services.send_message(
+            user=alice, conversation_id=None, text="hi", model_id=model.pk
+        )
+        stop_flags.request_stop(answer.pk, 1)
+        stop_flags.revoke(answer.pk, 1)
+        run_next(UNSERVED_POOL, worker="test")
     answer.refresh_from_db()
     assert answer.status == Message.Status.DONE, answer.error
-    assert answer.content and answer.attempts == 1
+    assert (answer.content, answer.attempts) == (reply, 1)

@@ -359,6 +359,17 @@ def test_a_worker_shutting_down_finishes_its_answers_and_claims_no_more(alice, g
 COUNTING = "Count from 1 to 500, separated by commas."  # a long answer, whatever its words
 
 
+def serving_until_it_streams(answer: Message, worker: str) -> threading.Thread:
+    """``serve`` in a thread, returned once ``answer`` has streamed its first delta."""
+    runner = threading.Thread(target=serve, args=(UNSERVED_POOL, worker))
+    runner.start()
+    replay = streams.replay_key(answer.pk, 1)
+    deadline = time.monotonic() + 60  # a model load included
+    while not redis_client.shared().llen(replay) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return runner
+
+
 def test_a_worker_shutting_down_hands_a_running_answer_to_another_with_its_text(
     alice, gemma, monkeypatch
 ):
@@ -373,13 +384,8 @@ def test_a_worker_shutting_down_hands_a_running_answer_to_another_with_its_text(
     _, _, answer = services.send_message(
         user=alice, conversation_id=None, text=COUNTING, model_id=gemma.pk
     )
-    replay = streams.replay_key(answer.pk, 1)
     wakeups.note_worker_alive(UNSERVED_POOL, "node-b:1", for_s=60)  # someone to take it
-    leaving = threading.Thread(target=serve, args=(UNSERVED_POOL, "node-a:1"))
-    leaving.start()
-    deadline = time.monotonic() + 60  # a model load included
-    while not redis_client.shared().llen(replay) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    leaving = serving_until_it_streams(answer, "node-a:1")
     try:
         presence.start_draining("node-a")  # as Celery's warm shutdown does
         handed_at = time.monotonic()
@@ -407,17 +413,18 @@ def test_with_the_whole_pool_shutting_down_answers_run_on_to_their_end(alice, ge
     from workers import presence
 
     monkeypatch.setattr(config, "DRAIN_HANDOFF_S", 0.0)
-    (answer,) = send(alice, gemma, 1)
-    replay = streams.replay_key(answer.pk, 1)
+    gemma.parameters = {**gemma.parameters, "max_tokens": 120}
+    gemma.save()
+    _, _, answer = services.send_message(
+        user=alice, conversation_id=None, text=COUNTING, model_id=gemma.pk
+    )
     wakeups.note_worker_alive(UNSERVED_POOL, "node-b:1", for_s=60)
     presence.start_draining("node-b")
-    leaving = threading.Thread(target=serve, args=(UNSERVED_POOL, "node-a:1"))
-    leaving.start()
-    deadline = time.monotonic() + 60  # a model load included
-    while not redis_client.shared().llen(replay) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    leaving = serving_until_it_streams(answer, "node-a:1")
     try:
         presence.start_draining("node-a")
+        time.sleep(0.3)  # three looks of the serve loop, each past the hand-off time
+        assert Message.objects.get(pk=answer.pk).status == Message.Status.RUNNING
         leaving.join(timeout=60)
     finally:
         presence.stop_draining("node-a")
@@ -444,4 +451,48 @@ def test_an_answer_stopped_as_it_is_handed_off_ends_stopped_with_its_text(alice)
     row = Message.objects.get(pk=answer.pk)
     assert (row.status, row.error) == (Message.Status.STOPPED, "Stopped by the user.")
     assert (row.content, row.seq, row.attempts) == ("one two", 2, 1)
+    assert not stop_flags.stop_requested(answer.pk, 1)
+
+
+def test_an_answer_stopped_as_another_worker_claims_it_is_stopped_there(alice, monkeypatch):
+    """Stop saw the answer running here; the hand-off put it back, and another worker
+    claimed it before the Stop could end it in the queue: the new attempt is flagged, and
+    its own stop watch ends it."""
+    from webui.chat import endings
+    from workers import handoff
+
+    with OllamaTestServer(models={"slow:latest": "one two three"}) as server:
+        model = ollama_model("ollama/slow", "slow:latest", server.url)
+        _, _, answer = services.send_message(
+            user=alice, conversation_id=None, text="hi", model_id=model.pk
+        )
+        claimed = claims.claim_next(UNSERVED_POOL, worker="node-a:1")
+        real_requeue = endings.requeue
+
+        def requeue_then_claimed_elsewhere(answer, **kwargs):
+            requeued = real_requeue(answer, **kwargs)
+            stop_flags.request_stop(answer.pk, 1)  # pressed as attempt 1 still ran
+            assert claims.claim_next(UNSERVED_POOL, worker="node-b:1").attempts == 2
+            return requeued
+
+        monkeypatch.setattr(handoff, "requeue", requeue_then_claimed_elsewhere)
+        handoff.hand_off(claimed, "one", 1)
+    try:
+        assert stop_flags.stop_requested(answer.pk, 2)
+        row = Message.objects.get(pk=answer.pk)
+        assert (row.status, row.attempts) == (Message.Status.RUNNING, 2)
+    finally:
+        stop_flags.clear(answer.pk, 2)
+
+
+def test_a_claim_given_back_with_stop_pressed_on_it_ends_stopped(alice, gemma):
+    """Stop saw the claim running; starting it then failed and it went back to the queue:
+    the Stop ends it there (the next claim of that attempt would take the flag for a
+    leftover and run it)."""
+    (answer,) = send(alice, gemma, 1)
+    claimed = claims.claim_next(UNSERVED_POOL, worker="node-a:1")
+    stop_flags.request_stop(claimed.pk, 1)
+    assert claims.give_back(claimed.pk, "node-a:1")
+    row = Message.objects.get(pk=answer.pk)
+    assert (row.status, row.error) == (Message.Status.STOPPED, "Stopped by the user.")
     assert not stop_flags.stop_requested(answer.pk, 1)

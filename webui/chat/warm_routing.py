@@ -57,11 +57,14 @@ def next_model_target(pool: str) -> str | None:
 
 
 def _idle_reports(pool: str, exclude: str) -> list[fleet.WorkerReport]:
-    """The reports of live workers of ``pool`` that run no answer, ``exclude`` left out."""
+    """The reports of live workers of ``pool`` that run no answer, ``exclude`` left out, and
+    those shutting down (idle because they take nothing new: a wake-up sent to one, or an
+    answer left to it, would wait for nothing)."""
     return [
         entry["report"]
         for entry in fleet.fleet()
         if not entry["lost"]
+        and not entry["report"].get("draining", False)
         and pool in entry["report"]["pools"]
         and entry["report"]["answers"] == 0
         and node_of(entry["report"]["worker"]) != exclude
