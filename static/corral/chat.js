@@ -425,12 +425,14 @@
       return;
     }
     if (d.attempt !== m.attempt) return resync(); // a new attempt replaces the text
+    // This attempt went back to the queue (the reaper took it, or its worker handed it
+    // off): its worker's late text is not the answer's. The next attempt has its own.
+    if (m.status === "queued") return;
     if (d.seq <= m.seq) return; // already have it
     if (d.offset !== m.chars || d.seq !== m.seq + 1) return resync();
     m.content += d.text;
     m.chars += codePoints(d.text);
     m.seq = d.seq;
-    if (m.status === "queued") m.status = "running";
     scheduleDraw(m.id);
   }
 

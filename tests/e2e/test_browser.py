@@ -264,3 +264,46 @@ def test_a_limit_hit_says_which_and_keeps_the_text_in_the_box(page, alice, gemma
     assert page.get_by_label("Message").input_value() == "a third question"
     assert Message.objects.filter(content="a third question").count() == 0
     assert page.locator('[data-role="user"]').count() == 2
+
+
+def test_late_text_of_an_attempt_taken_back_to_the_queue_is_not_shown(page, alice, web_server):
+    """The reaper put the answer back in the queue (its worker was cut off); text that
+    worker still streamed arrives after: the page keeps showing the queued answer, not
+    the late text, until the next attempt runs."""
+    from playwright.sync_api import expect
+
+    from tests.chat.conftest import UNSERVED_POOL
+    from webui.chat import services, streams
+    from webui.chat.models import LanguageModel, Message
+
+    model = LanguageModel.objects.create(
+        name="unserved", backend="llama_cpp", target="/models/unserved.gguf", pool=UNSERVED_POOL
+    )
+    conversation, _, answer = services.send_message(
+        user=alice, conversation_id=None, text="hi", model_id=model.pk
+    )
+    kept = "Kept text."
+    Message.objects.filter(pk=answer.pk).update(content=kept, seq=2, attempts=1)
+    sign_in(page, web_server.url)
+    page.goto(f"{web_server.url}/c/{conversation.pk}/")
+    shown = page.locator('[data-role="assistant"] .content').last
+    expect(shown).to_have_text(kept)
+
+    late = streams.Delta(
+        conversation_id=conversation.pk,
+        message_id=answer.pk,
+        attempt=1,
+        seq=3,
+        offset=len(kept),
+        text=" LATE",
+    )
+    streams.publish_delta(late)
+    # Sent after it on the same path, so the page has taken the late text in by then.
+    streams.publish_event(
+        conversation.pk,
+        {"type": "conversation.title", "conversation": conversation.pk, "title": "Marker"},
+    )
+    expect(page.locator("#title")).to_have_text("Marker")
+    expect(shown).to_have_text(kept)
+    row = Message.objects.get(pk=answer.pk)
+    assert (row.status, row.content) == (Message.Status.QUEUED, kept)
