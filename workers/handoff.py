@@ -14,9 +14,8 @@ from typing import Any
 
 from django.db.models import Q
 
-from inference import BackendError, get_backend
 from webui.chat import stop_flags, streams
-from webui.chat.endings import STOPPED_BY_USER, end_answer, requeue
+from webui.chat.endings import STOPPED_BY_USER, continues_partial, end_answer, requeue
 from webui.chat.models import Message
 from webui.chat.warm_routing import node_of
 from workers.claims import still_ours
@@ -73,9 +72,4 @@ def _stop_next_attempt(answer: Message, attempt: int, text: str, seq: int) -> No
 def _kept(answer: Message, text: str, seq: int) -> dict[str, Any]:
     """What the next attempt starts from: all this run delivered, for a backend that
     continues a partial answer; else nothing (it is written anew)."""
-    assert answer.model is not None
-    try:
-        continues = get_backend(answer.model.backend).continues_partial
-    except BackendError:
-        continues = False
-    return {"content": text, "seq": seq} if continues else {"content": "", "seq": 0}
+    return {"content": text, "seq": seq} if continues_partial(answer) else {"content": "", "seq": 0}

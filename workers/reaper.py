@@ -17,10 +17,15 @@ from django.db.models import DateTimeField, ExpressionWrapper, Q
 from django.db.models.expressions import CombinedExpression
 from django.db.models.functions import Now
 
-from inference import BackendError, get_backend
 from webui import config
 from webui.chat import queue, stop_flags, streams, wakeups
-from webui.chat.endings import STOPPED_BY_USER, end_answer, end_queued, requeue
+from webui.chat.endings import (
+    STOPPED_BY_USER,
+    continues_partial,
+    end_answer,
+    end_queued,
+    requeue,
+)
 from webui.chat.models import Message
 from webui.library import ollama_servers
 from webui.library.jobs import fail_lost_jobs, resend_waiting_jobs
@@ -116,14 +121,7 @@ def _kept_for_next_attempt(answer: Message) -> dict[str, Any]:
     """What a re-run starts from. A backend that continues partial answers goes on from
     everything the lost attempt delivered (its checkpoint plus the streamed text after it);
     others write the answer anew."""
-    assert answer.model is not None
-    try:
-        continues = get_backend(answer.model.backend).continues_partial
-    except BackendError:
-        continues = False
-    if not continues:
-        return {"content": "", "seq": 0}
-    return _delivered(answer)
+    return _delivered(answer) if continues_partial(answer) else {"content": "", "seq": 0}
 
 
 def wake_forgotten_queues(now: datetime | None = None) -> list[str]:

@@ -15,6 +15,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.db.models.functions import Now
 
+from inference import BackendError, get_backend
 from webui.chat import answer_records, streams, wakeups
 from webui.chat.models import Message
 
@@ -66,3 +67,13 @@ def requeue(answer: Message, *, only: Q, kept: dict[str, Any], wake_exclude: str
             answer_records.record_outcome(answer)
             streams.publish_message(answer)
     return bool(changed)
+
+
+def continues_partial(answer: Message) -> bool:
+    """Whether ``answer``'s backend goes on from a partial answer's text when re-queued
+    (llama.cpp); else the next attempt writes it anew (Ollama)."""
+    assert answer.model is not None
+    try:
+        return get_backend(answer.model.backend).continues_partial
+    except BackendError:
+        return False

@@ -33,6 +33,11 @@ def _revoked_key(message_id: int, attempt: int) -> str:
     return f"corral:revoked:{message_id}:{attempt}"
 
 
+def _both(message_id: int, attempt: int) -> list[str]:
+    """An attempt's stop flag and revoke mark, in that order."""
+    return [_key(message_id, attempt), _revoked_key(message_id, attempt)]
+
+
 def _mark() -> str:
     return secrets.token_hex(8)
 
@@ -51,7 +56,7 @@ def stop_requested(message_id: int, attempt: int) -> bool:
 
 def clear(message_id: int, attempt: int) -> None:
     try:
-        redis_client.shared().delete(_key(message_id, attempt), _revoked_key(message_id, attempt))
+        redis_client.shared().delete(*_both(message_id, attempt))
     except redis.RedisError:
         logger.warning("cannot clear the stop flag of answer %s", message_id, exc_info=True)
 
@@ -59,7 +64,7 @@ def clear(message_id: int, attempt: int) -> None:
 def leftovers_of(message_id: int, attempt: int) -> dict[str, bytes | str]:
     """The flags an attempt has before it is claimed: a leftover, as nobody flags an
     attempt that has not started."""
-    keys = [_key(message_id, attempt), _revoked_key(message_id, attempt)]
+    keys = _both(message_id, attempt)
     try:
         values = redis_client.shared().mget(keys)
     except redis.RedisError:
@@ -101,9 +106,7 @@ def flags(message_id: int, attempt: int) -> tuple[bool, bool]:
     """(Stop requested, revoked by the reaper) for one attempt, in one round trip: the
     running answer's watcher asks four times a second."""
     try:
-        stop, revoked = redis_client.shared().mget(
-            _key(message_id, attempt), _revoked_key(message_id, attempt)
-        )
+        stop, revoked = redis_client.shared().mget(_both(message_id, attempt))
     except redis.RedisError:
         logger.warning("cannot read the stop flag of answer %s", message_id, exc_info=True)
         return False, False
