@@ -17,9 +17,10 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def broker() -> redis.Redis:
     client = redis.Redis.from_url(config.redis_url())
-    client.delete("gpu")
+    # The queues the tests read, empty of wake-ups an earlier run (a Redis kept) left.
+    client.delete("gpu", "cpu")
     yield client
-    client.delete("gpu")
+    client.delete("gpu", "cpu")
 
 
 def queued_wakeups(broker: redis.Redis, queue: str) -> list[tuple[str, str]]:

@@ -12,6 +12,7 @@ from channels.layers import get_channel_layer
 
 from tests.chat.conftest import UNSERVED_POOL
 from tests.ollama_server import OllamaTestServer
+from tests.workers.first_delta import fresh_replay, wait_for_first_delta
 from tests.workers.row_lock import row_held
 from webui.chat import redis_client, services, stop_flags, streams
 from webui.chat.models import AnswerRecord, LanguageModel, Message
@@ -108,11 +109,10 @@ def test_stop_flag_halts_generation_and_keeps_partial_text(alice, gemma):
         user=alice, conversation_id=None, text="Write a long story.", model_id=gemma.pk
     )
 
+    replay = fresh_replay(answer.pk)  # of the attempt the worker is about to make
+
     def stop_after_the_first_delta() -> None:
-        deadline = time.monotonic() + 60  # a model load included
-        replay = streams.replay_key(answer.pk, 1)  # the attempt the worker is about to make
-        while not redis_client.shared().llen(replay) and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_for_first_delta(replay)
         stop_flags.request_stop(answer.pk, attempt=1)
 
     stopper = threading.Thread(target=stop_after_the_first_delta)
@@ -298,12 +298,10 @@ def test_the_stream_goes_on_while_a_checkpoint_waits_on_a_locked_row(alice):
         _, _, answer = services.send_message(
             user=alice, conversation_id=None, text="Write a long story.", model_id=model.pk
         )
-        replay = streams.replay_key(answer.pk, 1)
+        replay = fresh_replay(answer.pk)
         worker = threading.Thread(target=run_next, args=(UNSERVED_POOL, "test"))
         worker.start()
-        deadline = time.monotonic() + 30
-        while not redis_client.shared().llen(replay) and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_for_first_delta(replay, timeout=30)
         try:
             with row_held(answer.pk):
                 time.sleep(1.5)  # a checkpoint (every second) is waiting for the row by now

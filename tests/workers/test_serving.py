@@ -11,6 +11,7 @@ from django.test import override_settings
 
 from tests.chat.conftest import UNSERVED_POOL
 from tests.ollama_server import OllamaTestServer
+from tests.workers.first_delta import fresh_replay, wait_for_first_delta
 from tests.workers.test_generation import ollama_model
 from tests.workers.test_jobs import limits
 from webui import config
@@ -361,12 +362,10 @@ COUNTING = "Count from 1 to 500, separated by commas."  # a long answer, whateve
 
 def serving_until_it_streams(answer: Message, worker: str) -> threading.Thread:
     """``serve`` in a thread, returned once ``answer`` has streamed its first delta."""
+    replay = fresh_replay(answer.pk)
     runner = threading.Thread(target=serve, args=(UNSERVED_POOL, worker))
     runner.start()
-    replay = streams.replay_key(answer.pk, 1)
-    deadline = time.monotonic() + 60  # a model load included
-    while not redis_client.shared().llen(replay) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for_first_delta(replay)
     return runner
 
 
