@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,9 @@ class ChatClient:
     deltas: list[dict[str, Any]] = field(default_factory=list)
     queue_events: list[dict[str, Any]] = field(default_factory=list)
     gaps: int = 0
+    # Why each gap was counted: the delta, and what the client knew of its message then.
+    gap_log: list[str] = field(default_factory=list)
+    recent: deque[dict[str, Any] | str] = field(default_factory=lambda: deque(maxlen=20))
     reconnects: int = 0
     resilient: bool = False
 
@@ -88,6 +92,9 @@ class ChatClient:
         assert self.connection is not None
         event = json.loads(self.connection.recv(timeout=timeout))
         kind = event["type"]
+        # A delta is kept as it is (cheap); others are described now, as later deltas
+        # change the message dicts they hold.
+        self.recent.append(event if kind == "delta" else _brief(event))
         if kind == "snapshot":
             fresh = {m["id"]: m for m in event["messages"]}
             for message_id, message in fresh.items():
@@ -95,19 +102,15 @@ class ChatClient:
                 if message.get("resumed"):
                     message["content"], message["seq"] = known["content"], known["seq"]
                     continue
-                if (
-                    known
-                    and message["status"] in ACTIVE
-                    and known["attempt"] == message["attempt"]
-                    and known["seq"] > message["seq"]
-                    and known["content"].startswith(message["content"])
-                ):
-                    message["content"], message["seq"] = known["content"], known["seq"]
+                _keep_streamed_text(message, known)
             self.messages = fresh
         elif kind == "message":
             message = event["message"]
             known = self.messages.get(message["id"])
             if not known or message["version"] >= known["version"]:
+                # A state event read from the database before a snapshot, delivered after
+                # it, has its version and less text: keep the text (chat.js does too).
+                _keep_streamed_text(message, known)
                 self.messages[message["id"]] = message
         elif kind == "queue":
             self.queue_events.append(event)
@@ -115,7 +118,7 @@ class ChatClient:
             self.deltas.append(event)
             message = self.messages.get(event["message"])
             if message is None:
-                self._gap()
+                self._gap(event, None)
             elif event["seq"] <= message["seq"] and event["attempt"] == message["attempt"]:
                 pass  # already have it
             elif (
@@ -126,11 +129,22 @@ class ChatClient:
                 message["content"] += event["text"]
                 message["seq"] = event["seq"]
             else:
-                self._gap()
+                self._gap(event, message)
         return event
 
-    def _gap(self) -> None:
+    def _gap(self, delta: dict[str, Any], known: dict[str, Any] | None) -> None:
         self.gaps += 1
+        had = (
+            None
+            if known is None
+            else {k: known.get(k) for k in ("status", "attempt", "seq", "version")}
+            | {"chars": len(known["content"])}
+        )
+        self.gap_log.append(
+            f"delta {delta['message']}.{delta['attempt']} seq {delta['seq']} offset "
+            f"{delta['offset']}; the client had {had}; events before it: "
+            + "; ".join(e if isinstance(e, str) else _brief(e) for e in list(self.recent)[:-1])
+        )
         if self.resilient:
             self.send({"type": "sync"})
 
@@ -165,3 +179,35 @@ class ChatClient:
     def close(self) -> None:
         if self.connection is not None:
             self.connection.close()
+
+
+def _keep_streamed_text(message: dict[str, Any], known: dict[str, Any] | None) -> None:
+    """A snapshot or state event can be older than the deltas the client already applied
+    (chat.js's keepStreamedText)."""
+    if (
+        known
+        and message["status"] in ACTIVE
+        and known["attempt"] == message["attempt"]
+        and known["seq"] > message["seq"]
+        and known["content"].startswith(message["content"])
+    ):
+        message["content"], message["seq"] = known["content"], known["seq"]
+
+
+def _brief(event: dict[str, Any]) -> str:
+    """One event, without its text, for a gap's log."""
+    kind, message = event["type"], event.get("message")
+    if kind == "snapshot":
+        return "snapshot " + ", ".join(
+            f"{m['id']}.{m['attempt']} {m['status']} seq {m['seq']} "
+            f"{len(m.get('content') or '')} chars"
+            for m in event["messages"]
+        )
+    if isinstance(message, dict):
+        return (
+            f"message {message['id']}.{message['attempt']} {message['status']} v"
+            f"{message['version']} seq {message['seq']} {len(message['content'] or '')} chars"
+        )
+    if kind == "delta":
+        return f"delta {message}.{event['attempt']} seq {event['seq']} offset {event['offset']}"
+    return kind

@@ -34,7 +34,7 @@ def test_answer_streams_over_websocket_and_matches_the_database(alice, gemma, wo
     assert saved.status == Message.Status.DONE, saved.error
     streamed = [d for d in client.deltas if d["message"] == saved.pk]
     assert len(streamed) >= 2, "the answer arrived in one piece, not streamed"
-    assert client.gaps == 0
+    assert client.gaps == 0, client.gap_log
     assert "".join(d["text"] for d in streamed) == saved.content == answer["content"]
     assert saved.completion_tokens and saved.tokens_per_second and saved.worker
 
@@ -57,7 +57,7 @@ def test_reconnect_mid_answer_gets_the_full_text_so_far(alice, gemma, worker, we
     assert saved.status == Message.Status.DONE
     assert saved.content.startswith(resumed["content"]) and resumed["content"]
     assert second.messages[answer.pk]["content"] == saved.content
-    assert second.gaps == 0
+    assert second.gaps == 0, second.gap_log
 
 
 def test_stop_halts_a_running_answer_and_keeps_partial_text(alice, gemma, worker, web_server):
@@ -123,6 +123,6 @@ def test_dropped_socket_resumes_from_its_last_seq_with_no_gap_or_duplicate(
     after = [d["seq"] for d in client.deltas[before:] if d["message"] == answer.pk]
     # Exactly what it missed: the deltas right after its last seq, each once, in order.
     assert after == list(range(last_seq + 1, last_seq + 1 + len(after)))
-    assert client.gaps == 0
+    assert client.gaps == 0, client.gap_log
     assert client.messages[answer.pk]["content"] == saved.content
     assert saved.content.startswith(had)
