@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, Group
@@ -147,27 +147,39 @@ def start_of_day(now: datetime) -> datetime:
     return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def current_usage(user: AbstractBaseUser, now: datetime | None = None) -> Usage:
+def current_usage(
+    user: AbstractBaseUser,
+    now: datetime | None = None,
+    *,
+    active: bool = True,
+    ledger: bool = True,
+) -> Usage:
     """Everything the limits count: answers in progress, and from the usage ledger (which
-    outlives deleted conversations) the answers of the last minute and today's tokens."""
+    outlives deleted conversations) the answers of the last minute and today's tokens.
+    ``active=False`` / ``ledger=False`` skip a part (counted as zero): every message sent
+    asks, and a limit that is not set needs no count."""
     now = now or timezone.now()
     minute_ago = now - RATE_WINDOW
     midnight = start_of_day(now)
     recent = Q(created_at__gte=minute_ago)
     today = Q(created_at__gte=midnight)
-    active = Message.objects.filter(
-        conversation__owner=user, role=Message.Role.ASSISTANT, status__in=Message.ACTIVE
-    ).count()
-    figures = AnswerRecord.objects.filter(
-        owner=user, created_at__gte=min(minute_ago, midnight)
-    ).aggregate(
-        last_minute=Count("pk", filter=recent),
-        oldest=Min("created_at", filter=recent),
-        prompt=Sum("prompt_tokens", filter=today),
-        completion=Sum("completion_tokens", filter=today),
-    )
+    in_progress = 0
+    if active:
+        in_progress = Message.objects.filter(
+            conversation__owner=user, role=Message.Role.ASSISTANT, status__in=Message.ACTIVE
+        ).count()
+    figures: dict[str, Any] = {"last_minute": 0, "oldest": None, "prompt": 0, "completion": 0}
+    if ledger:
+        figures = AnswerRecord.objects.filter(
+            owner=user, created_at__gte=min(minute_ago, midnight)
+        ).aggregate(
+            last_minute=Count("pk", filter=recent),
+            oldest=Min("created_at", filter=recent),
+            prompt=Sum("prompt_tokens", filter=today),
+            completion=Sum("completion_tokens", filter=today),
+        )
     return Usage(
-        active=active,
+        active=in_progress,
         last_minute=figures["last_minute"],
         oldest_in_minute=figures["oldest"],
         tokens_today=(figures["prompt"] or 0) + (figures["completion"] or 0),
@@ -205,9 +217,13 @@ def check_admission(user: AbstractBaseUser) -> None:
                 f"messages for now; ask an admin to raise it. {IN_THE_BOX}",
                 code=_CODES[kind],
             )
-    usage = current_usage(user)
-    # The longest wait first: it is the one that decides when the person can send again.
     tokens = limits.tokens_per_day.value
+    concurrent = limits.concurrent_answers.value
+    rate = limits.messages_per_minute.value
+    usage = current_usage(
+        user, active=concurrent is not None, ledger=tokens is not None or rate is not None
+    )
+    # The longest wait first: it is the one that decides when the person can send again.
     if tokens is not None and usage.tokens_today >= tokens:
         reset = start_of_day(usage.now) + timedelta(days=1)
         raise ValidationError(
@@ -215,7 +231,6 @@ def check_admission(user: AbstractBaseUser) -> None:
             f"the limit resets at 00:00 UTC (in {wait_text(reset - usage.now)}). {IN_THE_BOX}",
             code="tokens",
         )
-    concurrent = limits.concurrent_answers.value
     if concurrent is not None and usage.active >= concurrent:
         raise ValidationError(
             f"You already have {usage.active} answer{'s' if usage.active != 1 else ''} in "
@@ -223,7 +238,6 @@ def check_admission(user: AbstractBaseUser) -> None:
             "one; your message is still in the box.",
             code="concurrent",
         )
-    rate = limits.messages_per_minute.value
     if rate is not None and usage.last_minute >= rate and usage.oldest_in_minute is not None:
         wait = usage.oldest_in_minute + RATE_WINDOW - usage.now
         raise ValidationError(
