@@ -501,10 +501,15 @@ def main() -> None:
                 run_round(args, size, users_now, cookies, model, base_url, supervisor, clients)
             )
         figures = rounds[-1] if len(rounds) == 1 else {"rounds": rounds}
-        if len(rounds) > 1 and rounds[0]["aggregate_tok_s"]:
+        # The baseline is the median of every round the size of the first (one answer
+        # alone lasts a fraction of a second at GPU speed: `--rounds 1,1,1,8,32`).
+        baseline = statistics.median(
+            r["aggregate_tok_s"] or 0 for r in rounds if r["clients"] == rounds[0]["clients"]
+        )
+        if len(rounds) > 1 and baseline:
+            figures["baseline_tok_s"] = rounded(baseline, 2)
             figures["ratio_to_first_round"] = [
-                rounded((r["aggregate_tok_s"] or 0) / rounds[0]["aggregate_tok_s"], 2)
-                for r in rounds
+                rounded((r["aggregate_tok_s"] or 0) / baseline, 2) for r in rounds
             ]
         if raw is not None:
             figures["raw_tok_s"] = round(raw, 2)
@@ -785,7 +790,17 @@ def report(figures: dict[str, Any], as_json: bool) -> None:
         print()
     if "ratio_to_first_round" in figures:
         sizes = [r["clients"] for r in figures["rounds"]]
-        print(f"aggregate tok/s over the {sizes[0]}-client round: ", end="")
+        alike = sizes.count(sizes[0])
+        print(
+            f"aggregate tok/s over the {sizes[0]}-client round"
+            + (
+                f"s' median ({alike} rounds, {figures['baseline_tok_s']} tok/s)"
+                if alike > 1
+                else ""
+            )
+            + ": ",
+            end="",
+        )
         print(
             ", ".join(
                 f"{n} clients {x}x"
