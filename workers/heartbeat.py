@@ -1,4 +1,5 @@
-"""The heartbeat beside each running answer: it beats, polls Stop and keeps the time limit."""
+"""The heartbeat beside each running answer: it beats, and (through the process's stop
+watch) hears Stop and keeps the time limit."""
 
 from __future__ import annotations
 
@@ -11,22 +12,21 @@ from django.db import close_old_connections, connection
 from django.db.models.functions import Now
 
 from webui import config
-from webui.chat import stop_flags
 from webui.chat.models import Message
 from workers.claims import still_ours
+from workers.stop_watch import watch
 
 logger = logging.getLogger("corral.heartbeat")
 
-STOP_POLL_S = 0.25
-
 
 class Heartbeat:
-    """Two threads beside one running answer. One polls the stop flag (Redis) and keeps the
-    time limit, so Stop lands within a second even while no token arrives: it sets
-    ``cancelled``, which the generation loop and the backend watch. The other beats in the
-    database, so long prompt evaluations and slow upstream servers do not look like a lost
-    worker. They are apart because a beat can wait on the database (a locked row, an
-    outage) for as long as the database makes it: Stop and the time limit must not."""
+    """Beside one running answer. The process's stop watch (``workers.stop_watch``) reads
+    its stop flag (Redis) and keeps its time limit, so Stop lands within a second even
+    while no token arrives: it sets ``cancelled``, which the generation loop and the
+    backend watch. A thread of its own beats in the database, so long prompt evaluations
+    and slow upstream servers do not look like a lost worker. They are apart because a
+    beat can wait on the database (a locked row, an outage) for as long as the database
+    makes it: Stop and the time limit must not."""
 
     def __init__(self, answer: Message, first: Callable[[], None] | None = None) -> None:
         """``first`` runs in the beating thread as it starts: work that must not delay the
@@ -48,24 +48,20 @@ class Heartbeat:
         self._checkpoint: tuple[str, int] | None = None
         self._checkpoint_lock = threading.Lock()
         self._wake = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._watch, name="corral-stop-watch", daemon=True),
-            threading.Thread(target=self._beat, name="corral-heartbeat", daemon=True),
-        ]
+        self._beater = threading.Thread(target=self._beat, name="corral-heartbeat", daemon=True)
 
     def __enter__(self) -> Heartbeat:
-        for thread in self._threads:
-            thread.start()
+        self._beater.start()
+        watch.add(self)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        watch.remove(self)
         self._stop.set()
         self._wake.set()
-        watcher, beater = self._threads
-        watcher.join(timeout=5)
         # A beat waiting on the database ends by itself once it returns (the row is no
         # longer this attempt's to write by then): the answer's end does not wait for it.
-        beater.join(timeout=0.5)
+        self._beater.join(timeout=0.5)
 
     def checkpoint(self, text: str, seq: int) -> None:
         """Save the answer's delivered ``text`` (up to delta ``seq``) with the next beat,
@@ -94,19 +90,23 @@ class Heartbeat:
 
     @property
     def beating(self) -> bool:
-        return self._threads[1].is_alive()
+        return self._beater.is_alive()
 
-    def _watch(self) -> None:
-        while not self._stop.wait(STOP_POLL_S):
-            stop, revoked = stop_flags.flags(self.answer.pk, self.answer.attempts)
-            if stop:
-                self.cancelled.set()
-            elif revoked:
-                self.lost = True  # the reaper has it: nothing more of this attempt is saved
-                self.cancelled.set()
-            if time.monotonic() > self._deadline:
-                self.timed_out = True
-                self.cancelled.set()
+    def watched_attempt(self) -> tuple[int, int]:
+        return self.answer.pk, self.answer.attempts
+
+    def flags_read(self, stop: bool, revoked: bool) -> None:
+        """What the stop watch found for this attempt (four times a second)."""
+        if self._stop.is_set():
+            return  # ended meanwhile
+        if stop:
+            self.cancelled.set()
+        elif revoked:
+            self.lost = True  # the reaper has it: nothing more of this attempt is saved
+            self.cancelled.set()
+        if time.monotonic() > self._deadline:
+            self.timed_out = True
+            self.cancelled.set()
 
     def _beat(self) -> None:
         try:

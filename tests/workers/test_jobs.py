@@ -3,6 +3,7 @@ time and token limits, and the heartbeat thread. In-process, against the test da
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from datetime import timedelta
@@ -22,6 +23,7 @@ from webui.chat import endings, queue, redis_client, services, stop_flags, strea
 from webui.chat.models import Conversation, LanguageModel, Message
 from workers import claims, generation, reaper
 from workers.heartbeat import Heartbeat
+from workers.stop_watch import STOP_POLL_S
 
 pytestmark = pytest.mark.django_db
 
@@ -691,7 +693,7 @@ def test_the_heartbeat_thread_keeps_a_running_answer_fresh(alice, gemma, monkeyp
         first = Message.objects.get(pk=answer.pk).heartbeat_at
         assert _wait_for(lambda: Message.objects.get(pk=answer.pk).heartbeat_at > first)
 
-    assert not any(thread.is_alive() for thread in heartbeat._threads)
+    assert not heartbeat.beating
     row = Message.objects.get(pk=answer.pk)
     assert row.status == Message.Status.RUNNING and row.attempts == 1
     assert (timezone.now() - row.heartbeat_at).total_seconds() < config.HEARTBEAT_STALE_S
@@ -730,6 +732,31 @@ def test_stop_and_the_time_limit_land_while_a_beat_waits_on_a_locked_row(alice, 
                 assert heartbeat.timed_out
     finally:
         stop_flags.clear(answer.pk, answer.attempts)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_watch_hears_each_answer_of_a_batch_alone(alice, gemma):
+    """The process's one stop watch reads every running answer's flags at once: a Stop
+    lands on its own answer within a second, the reaper's revoke on its own, and neither
+    touches the others; an answer that ended hears nothing more."""
+    answers = [running(queued(alice, gemma), heartbeat_age_s=0) for _ in range(4)]
+    stopped, revoked, untouched, ended = answers
+    try:
+        with contextlib.ExitStack() as stack:
+            beats = [stack.enter_context(Heartbeat(answer)) for answer in answers[:3]]
+            with Heartbeat(ended) as ended_beat:
+                pass
+            stop_flags.request_stop(stopped.pk, stopped.attempts)
+            stop_flags.revoke(revoked.pk, revoked.attempts)
+            stop_flags.request_stop(ended.pk, ended.attempts)
+            assert beats[0].cancelled.wait(timeout=1) and not beats[0].lost
+            assert beats[1].cancelled.wait(timeout=1) and beats[1].lost
+            time.sleep(2 * STOP_POLL_S)  # rounds enough for a stray flag to land
+            assert not beats[2].cancelled.is_set()
+            assert not ended_beat.cancelled.is_set()
+    finally:
+        for answer in answers:
+            stop_flags.clear(answer.pk, answer.attempts)
 
 
 # Follow-ups, stops on lost workers, orphans, silent backends -------------------------

@@ -103,11 +103,19 @@ def revoke(message_id: int, attempt: int) -> None:
 
 
 def flags(message_id: int, attempt: int) -> tuple[bool, bool]:
-    """(Stop requested, revoked by the reaper) for one attempt, in one round trip: the
-    running answer's watcher asks four times a second."""
+    """(Stop requested, revoked by the reaper) for one attempt, in one round trip."""
+    return flags_of([(message_id, attempt)])[0]
+
+
+def flags_of(attempts: list[tuple[int, int]]) -> list[tuple[bool, bool]]:
+    """(Stop requested, revoked by the reaper) for each (answer id, attempt), in one round
+    trip: a worker's stop watch asks four times a second for all its running answers."""
+    if not attempts:
+        return []
+    keys = [key for message_id, attempt in attempts for key in _both(message_id, attempt)]
     try:
-        stop, revoked = redis_client.shared().mget(_both(message_id, attempt))
+        values = redis_client.shared().mget(keys)
     except redis.RedisError:
-        logger.warning("cannot read the stop flag of answer %s", message_id, exc_info=True)
-        return False, False
-    return stop is not None, revoked is not None
+        logger.warning("cannot read the stop flags of %s answers", len(attempts), exc_info=True)
+        return [(False, False)] * len(attempts)
+    return [(values[i] is not None, values[i + 1] is not None) for i in range(0, len(values), 2)]
