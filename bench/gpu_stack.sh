@@ -5,7 +5,7 @@
 # 2. a gpu-pool worker end to end: a gpu-pool model with every layer offloaded, a Celery worker
 #    on the gpu queue, uvicorn, a websocket client; raw vs Corral, and what the Fleet page shows;
 # 3. 32 clients of 4 people through the whole stack vs raw;
-# 4. (rounds) 1, 8 and 32 answers at once through the whole stack, one worker batching 32
+# 4. (rounds) 1 (three times: the baseline is their median), 8 and 32 answers at once through the whole stack, one worker batching 32
 #    (rounds1: the same with one web process, as before CORRAL_WEB_PROCESSES);
 # 5. (sends, sends1) a burst of 8 and of 32 sends through the web side alone, with the
 #    default web processes and with one.
@@ -42,10 +42,10 @@ for name in ${STAGES:-engine stream load rounds}; do
       --clients 32 --users 4 --tokens 128 --raw --json ;;
     # 1, 8 and 32 answers at once through the whole stack, one worker process batching 32.
     rounds) stage rounds 120 "$PY" bench/load_bench.py --model "$MODEL" \
-      --n-gpu-layers "$LAYERS" --rounds 1,8,32 --users 8 --tokens 128 --batch-size 32 \
+      --n-gpu-layers "$LAYERS" --rounds 1,1,1,8,32,32 --users 8 --tokens 128 --batch-size 32 \
       --raw --json ;;
     rounds1) stage rounds1 120 "$PY" bench/load_bench.py --model "$MODEL" \
-      --n-gpu-layers "$LAYERS" --rounds 1,8,32 --users 8 --tokens 128 --batch-size 32 \
+      --n-gpu-layers "$LAYERS" --rounds 1,1,1,8,32,32 --users 8 --tokens 128 --batch-size 32 \
       --web-processes 1 --json ;;
     sends) stage sends 60 "$PY" bench/send_bench.py --rounds 8,32 --users 8 --repeats 5 --json ;;
     sends1) stage sends1 60 "$PY" bench/send_bench.py --rounds 8,32 --users 8 --repeats 5 \
