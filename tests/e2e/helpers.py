@@ -183,10 +183,11 @@ class ChatClient:
 
 def _keep_streamed_text(message: dict[str, Any], known: dict[str, Any] | None) -> None:
     """A snapshot or state event can be older than the deltas the client already applied
-    (chat.js's keepStreamedText)."""
+    (chat.js's keepStreamedText: a running answer's text only; a queued one's is what the
+    database says, empty for an Ollama answer that starts anew)."""
     if (
         known
-        and message["status"] in ACTIVE
+        and message["status"] == "running"
         and known["attempt"] == message["attempt"]
         and known["seq"] > message["seq"]
         and known["content"].startswith(message["content"])
