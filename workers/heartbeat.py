@@ -56,8 +56,8 @@ class Heartbeat:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()  # first: a round of the watch under way now changes nothing
         watch.remove(self)
-        self._stop.set()
         self._wake.set()
         # A beat waiting on the database ends by itself once it returns (the row is no
         # longer this attempt's to write by then): the answer's end does not wait for it.
