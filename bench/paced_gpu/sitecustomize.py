@@ -22,8 +22,9 @@ from __future__ import annotations
 import os
 import time
 
-# Tokens in a batch -> milliseconds a decode took on the H200 (batch_bench.py, 128 tokens a
-# sequence); linear between the points, and past the last with the last slope.
+# Sequences stepping in a batch (one token each) -> milliseconds a decode took on the H200
+# (batch_bench.py, 128 tokens a sequence); linear between the points, and past the last
+# with the last slope.
 H200_STEP_MS = ((1, 0.957), (4, 1.664), (8, 2.096), (16, 3.012), (32, 5.114))
 H200_PROMPT_TOKEN_MS = 0.01
 PROFILES = {"h200": (H200_STEP_MS, H200_PROMPT_TOKEN_MS)}
