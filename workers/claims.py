@@ -51,6 +51,11 @@ def claim_in_order(
         if fits is not None and not fits(answer):
             return
         leftovers = stop_flags.leftovers_of(answer.pk, answer.attempts + 1)
+        # Before the row says running: a client that reads it then (a snapshot) merges the
+        # attempt's replay buffer, which must not hold an earlier run's deltas (ids repeat
+        # when a database is reset while Redis keeps its keys). Nobody has written this
+        # attempt yet: a worker that claims it first streams only after its prompt.
+        streams.reset_replay(answer.pk, answer.attempts + 1)
         claimed = Message.objects.filter(pk=answer.pk, status=Message.Status.QUEUED).update(
             status=Message.Status.RUNNING,
             # The database's clock, as for every heartbeat and the reaper: a worker host
@@ -67,9 +72,10 @@ def claim_in_order(
             loaded = _load(answer.pk)
             if loaded is None:
                 continue  # deleted meanwhile
-            if loaded.attempts == answer.attempts + 1:  # else the flags read were not its
+            if loaded.attempts == answer.attempts + 1:
                 stop_flags.clear_leftovers(leftovers)
-            streams.reset_replay(loaded.pk, loaded.attempts)
+            else:  # changed hands between the reading and the claim: not what was reset
+                streams.reset_replay(loaded.pk, loaded.attempts)
         except Exception:
             give_back(answer.pk, worker)
             raise

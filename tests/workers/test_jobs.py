@@ -79,6 +79,9 @@ def running(answer: Message, *, heartbeat_age_s: float, attempts: int = 1, **fie
     }
     Message.objects.filter(pk=answer.pk).update(**values)
     answer.refresh_from_db()
+    # What a claim does: ids repeat across runs while Redis keeps an earlier run's keys.
+    stop_flags.clear(answer.pk, answer.attempts)
+    streams.reset_replay(answer.pk, answer.attempts)
     return answer
 
 
@@ -224,6 +227,34 @@ def test_a_claim_clears_flags_left_for_its_attempt_but_keeps_a_stop_pressed_mean
         assert stop_flags.flags(pressed.pk, 1) == (True, False)
     finally:
         stop_flags.clear(pressed.pk, 1)
+
+
+def test_a_client_that_sees_a_claimed_answer_running_finds_no_earlier_runs_deltas(
+    alice, gemma, monkeypatch
+):
+    """An earlier run's replay buffer for the same id and attempt (ids repeat after a
+    database reset) is gone before the row says running: a snapshot read at that moment
+    merges the buffer, and the earlier text made the client's stream misalign (the last
+    full CI: a snapshot of 36 characters at seq 3, then the live delta 4 at offset 23)."""
+    answer = queued(alice, gemma)
+    key = streams.replay_key(answer.pk, 1)
+    stale = json.dumps({"seq": 1, "offset": 0, "text": "an earlier run's text"})
+    redis_client.shared().rpush(key, stale)
+    seen_running: list[list[bytes]] = []
+    real_load = claims._load
+
+    def load_and_look(pk: int):
+        row = real_load(pk)
+        if row is not None and row.status == Message.Status.RUNNING:
+            seen_running.append(redis_client.shared().lrange(key, 0, -1))
+        return row
+
+    monkeypatch.setattr(claims, "_load", load_and_look)
+    try:
+        assert claims.claim_next(UNSERVED_POOL, worker="w").pk == answer.pk
+        assert seen_running == [[]]
+    finally:
+        redis_client.shared().delete(key)
 
 
 def test_claim_next_with_nothing_queued_returns_none_and_skips_other_pools(alice, gemma, cpu_model):
