@@ -210,7 +210,7 @@ def test_a_claim_clears_flags_left_for_its_attempt_but_keeps_a_stop_pressed_mean
     stop_flags.revoke(stale.pk, 1)
     claimed = claims.claim_next(UNSERVED_POOL, worker="w")
     assert claimed.pk == stale.pk and claimed.attempts == 1
-    assert stop_flags.flags(stale.pk, 1) == (False, False)
+    assert stop_flags.flags_of([(stale.pk, 1)]) == [(False, False)]
 
     pressed = queued(alice, gemma)
     stop_flags.request_stop(pressed.pk, 1)  # a leftover...
@@ -224,7 +224,7 @@ def test_a_claim_clears_flags_left_for_its_attempt_but_keeps_a_stop_pressed_mean
     monkeypatch.setattr(stop_flags, "leftovers_of", stop_pressed_after_the_reading)
     try:
         assert claims.claim_next(UNSERVED_POOL, worker="w").pk == pressed.pk
-        assert stop_flags.flags(pressed.pk, 1) == (True, False)
+        assert stop_flags.flags_of([(pressed.pk, 1)]) == [(True, False)]
     finally:
         stop_flags.clear(pressed.pk, 1)
 

@@ -102,11 +102,6 @@ def revoke(message_id: int, attempt: int) -> None:
         logger.warning("cannot revoke attempt %s of answer %s", attempt, message_id, exc_info=True)
 
 
-def flags(message_id: int, attempt: int) -> tuple[bool, bool]:
-    """(Stop requested, revoked by the reaper) for one attempt, in one round trip."""
-    return flags_of([(message_id, attempt)])[0]
-
-
 def flags_of(attempts: list[tuple[int, int]]) -> list[tuple[bool, bool]]:
     """(Stop requested, revoked by the reaper) for each (answer id, attempt), in one round
     trip: a worker's stop watch asks four times a second for all its running answers."""
